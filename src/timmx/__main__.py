@@ -1,0 +1,3 @@
+from timmx.cli.app import main
+
+main()

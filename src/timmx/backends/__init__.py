@@ -1,0 +1,51 @@
+"""Backend registry: each module in this package registers its backend with `@register`.
+
+Third-party packages can add backends through the `timmx.backends` entry-point group.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+from importlib.metadata import entry_points
+from typing import TypeVar
+
+from timmx.backends.base import Backend
+from timmx.errors import InvalidInputError
+
+B = TypeVar("B", bound=type[Backend])
+
+_REGISTRY: dict[str, Backend] = {}
+_discovered = False
+
+
+def register(cls: B) -> B:
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base" and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+    for entry in entry_points(group="timmx.backends"):
+        entry.load()
+
+
+def all_backends() -> list[Backend]:
+    _discover()
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+
+
+def get_backend(name: str) -> Backend:
+    _discover()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(_REGISTRY)}"
+        raise InvalidInputError(f"unknown backend '{name}': {hint}")
+    return _REGISTRY[name]

@@ -1,0 +1,112 @@
+"""The one small interface every backend implements.
+
+A backend module imports only pydantic at import time; torch, timm and the backend's own library
+are imported inside `export()` and `load_runtime()`, so the CLI stays fast and a host without
+torch can still list, describe and run backends in containers.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from timmx.contract import ExportJob, describe_validation_error
+from timmx.errors import BackendUnavailableError, InvalidInputError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+
+class BackendOptions(BaseModel):
+    """Base for a backend's options. Each field becomes a CLI flag with its description as help."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+    min_top1: float | None = None
+
+
+FP32 = Tolerance(atol=1e-4, rtol=1e-4)
+FP16 = Tolerance(atol=5e-2, rtol=1e-2, min_top1=0.9)
+
+
+@dataclass
+class ExportContext:
+    """What a backend gets to export: a ready model and where to write."""
+
+    job: ExportJob
+    model: torch.nn.Module
+    example_input: torch.Tensor
+    artifact: Path  # final file name, inside a private staging folder
+    workspace: Path
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+Runtime = Callable[["np.ndarray"], "np.ndarray"]
+
+
+class Backend(ABC):
+    name: ClassVar[str]
+    help: ClassVar[str]
+    suffix: ClassVar[str]  # the artifact's extension, e.g. ".onnx"
+    toolchain: ClassVar[str]  # the image it runs in with --isolated
+    requires: ClassVar[tuple[str, ...]]  # distributions that must be installed to run in-process
+    install_hint: ClassVar[str]
+    Options: ClassVar[type[BackendOptions]] = BackendOptions
+    runtime_name: ClassVar[str]  # what verification runs the artifact in
+
+    def parse_options(self, raw: dict[str, Any]) -> BackendOptions:
+        try:
+            return self.Options.model_validate(raw)
+        except ValidationError as exc:
+            field, _, message = describe_validation_error(exc).partition(": ")
+            flag = "--" + field.replace("_", "-")
+            raise InvalidInputError(f"{self.name} {flag}: {message}") from None
+
+    def check(self, job: ExportJob, options: Any) -> None:  # noqa: B027 - optional hook
+        """Refuse bad combinations of options before any model is built."""
+
+    def tolerance(self, options: Any) -> Tolerance:
+        return FP32
+
+    def missing_packages(self) -> list[str]:
+        from timmx.environment import package_versions
+
+        found = package_versions(self.requires)
+        return [dist for dist in self.requires if dist not in found]
+
+    def ensure_available(self) -> None:
+        missing = self.missing_packages()
+        if missing:
+            raise BackendUnavailableError(
+                f"the {self.name} backend needs {', '.join(missing)} here: "
+                f"{self.install_hint}, or add --isolated to run it in its Docker image"
+            )
+
+    @abstractmethod
+    def export(self, ctx: ExportContext, options: Any) -> list[Path]:
+        """Write the artifact (and any side files) at `ctx.artifact`; return every file written."""
+
+    def load_runtime(self, artifact: Path, options: Any) -> Runtime | None:
+        """Load the artifact in its own runtime; None where no runtime runs on this platform."""
+        return None
+
+    def verify_batch_sizes(self, job: ExportJob) -> list[int]:
+        """Batch sizes the artifact must accept: the example's, and another when dynamic."""
+        batch = job.input.batch_size
+        if not job.input.dynamic_batch:
+            return [batch]
+        return [batch, 1 if batch > 1 else 3]

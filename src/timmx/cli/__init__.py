@@ -1,0 +1,1 @@
+"""The `timmx` command line. Imports neither torch nor timm at start-up."""

@@ -1,0 +1,140 @@
+"""Entry point: `timmx export|schema|doctor|info|list|images`."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Annotated, Literal
+
+import typer
+
+from timmx import __version__
+from timmx.cli import console
+from timmx.cli.export import register_commands
+from timmx.errors import TimmxError
+
+app = typer.Typer(
+    name="timmx",
+    help="Export timm image models to deployment formats, verified against PyTorch.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+export_app = typer.Typer(
+    help="Export MODEL with a backend; `timmx export BACKEND --help` lists its flags.",
+    no_args_is_help=True,
+)
+app.add_typer(export_app, name="export")
+register_commands(export_app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.out.print(f"timmx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the full traceback on errors.")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    console.set_debug(debug)
+
+
+@app.command()
+def schema(
+    which: Annotated[Literal["job", "result"], typer.Argument(help="job or result.")] = "job",
+) -> None:
+    """Print the JSON Schema of an export job or of an export result (the report)."""
+    import json
+
+    from timmx.contract import json_schema
+
+    console.out.print_json(json.dumps(json_schema(which)))
+
+
+@app.command()
+def doctor(
+    json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Which backends run in-process here, which need --isolated, and whether Docker answers."""
+    from timmx.cli.doctor import run_doctor
+
+    run_doctor(json_out)
+
+
+@app.command()
+def info(
+    model_name: Annotated[str, typer.Argument(help="timm model name.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Parameters, default input size, classes and mean/std of a timm model."""
+    from timmx.cli.models import show_info
+
+    show_info(model_name, json_out)
+
+
+@app.command("list")
+def list_models(
+    pattern: Annotated[str, typer.Argument(help="Substring or glob, e.g. resnet or vit_*.")] = "*",
+    pretrained_only: Annotated[
+        bool, typer.Option("--pretrained-only", help="Only models with pretrained weights.")
+    ] = False,
+) -> None:
+    """List timm model names matching PATTERN."""
+    from timmx.cli.models import show_list
+
+    show_list(pattern, pretrained_only)
+
+
+def _add_images() -> None:
+    from timmx.cli.images import images_app
+
+    app.add_typer(images_app, name="images")
+
+
+_add_images()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI: every error a user can fix is one line and exit code 2."""
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except TimmxError as exc:
+        if console.debug_enabled():
+            traceback.print_exc()
+        console.fail(exc.message)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.fail("interrupted")
+        sys.exit(130)
+    except Exception as exc:
+        if _is_click_error(exc):  # typer vendors click: recognise its errors by shape
+            if type(exc).__name__ == "Abort":
+                console.fail("interrupted")
+                sys.exit(130)
+            if not exc.format_message():  # no_args_is_help: the help was the message
+                sys.exit(exc.exit_code)
+            ctx = getattr(exc, "ctx", None)
+            where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            console.fail(f"{exc.format_message()}{where}")
+            sys.exit(exc.exit_code)
+        if console.debug_enabled():
+            traceback.print_exc()
+        console.fail(
+            f"internal error: {type(exc).__name__}: {exc} "
+            "(rerun with --debug for the traceback and report it)"
+        )
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _is_click_error(exc: Exception) -> bool:
+    return type(exc).__name__ == "Abort" or (
+        hasattr(exc, "format_message") and hasattr(exc, "exit_code")
+    )

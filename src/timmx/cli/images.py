@@ -1,0 +1,245 @@
+"""`timmx images`: build, list and remove the pinned backend images; make a local base image."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from timmx.cli import console
+
+images_app = typer.Typer(
+    help="Build, list and remove the pinned backend images.", no_args_is_help=True
+)
+
+NAMES = typer.Argument(
+    help="Toolchains (images/<name>/); all of them when absent.", show_default=False
+)
+BASE = typer.Option(
+    "--base-image",
+    help="Base image (default: $TIMMX_BASE_IMAGE, else python:3.11-slim-bookworm).",
+    show_default=False,
+)
+TORCH_INDEX = typer.Option(
+    "--torch-index-url",
+    help="Index torch comes from (default: $TIMMX_TORCH_INDEX_URL, else the PyTorch CPU index).",
+    show_default=False,
+)
+TORCH_WHEELS = typer.Option(
+    "--torch-wheels",
+    help="A local folder of torch/torchvision wheels (default: $TIMMX_TORCH_WHEELS).",
+    show_default=False,
+)
+REGISTRY = typer.Option(
+    "--registry",
+    help="Registry prefix, e.g. ghcr.io/team: pull prebuilt images (default: $TIMMX_REGISTRY).",
+    show_default=False,
+)
+
+
+def _settings(base_image, torch_index_url, torch_wheels, registry):
+    from timmx.images.identity import BuildSettings
+
+    return BuildSettings.resolve(base_image, torch_index_url, torch_wheels, registry)
+
+
+def _gb(size: int | None) -> str:
+    return "-" if size is None else f"{size / 1e9:.2f} GB"
+
+
+@images_app.command("build")
+def build(
+    names: Annotated[list[str] | None, NAMES] = None,
+    base_image: Annotated[str | None, BASE] = None,
+    torch_index_url: Annotated[str | None, TORCH_INDEX] = None,
+    torch_wheels: Annotated[Path | None, TORCH_WHEELS] = None,
+    registry: Annotated[str | None, REGISTRY] = None,
+    rebuild: Annotated[
+        bool, typer.Option("--rebuild", help="Build even when the image is present.")
+    ] = False,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Build every layer anew (implies --rebuild).")
+    ] = False,
+    push: Annotated[
+        bool, typer.Option("--push", help="Push the images to the --registry prefix.")
+    ] = False,
+) -> None:
+    """Build the images that are missing; present ones with unchanged inputs are left alone."""
+    from timmx.images.build import build_image, find_image, pull_image
+    from timmx.images.engine import connect
+    from timmx.images.identity import identify
+    from timmx.images.recipes import all_recipes, get_recipe
+
+    settings = _settings(base_image, torch_index_url, torch_wheels, registry)
+    recipes = [get_recipe(n) for n in names] if names else all_recipes()
+    client = connect()
+    for recipe in recipes:
+        identity = identify(recipe, settings)
+        found = find_image(client, identity)
+        if found is not None and found.exact and not (rebuild or no_cache):
+            console.err.print(f"[green]up to date[/] {identity.ref}")
+        elif (
+            settings.registry and not (rebuild or no_cache) and _pull(client, identity, pull_image)
+        ):
+            pass
+        else:
+            _build_one(client, recipe, settings, identity, build_image, no_cache)
+        if push:
+            _push(client, identity)
+
+
+def _pull(client, identity, pull_image) -> bool:
+    with console.err.status(f"pulling {identity.ref}", spinner="dots") as status:
+        found = pull_image(client, identity, lambda line: status.update(f"pulling: {line}"))
+    if found is not None:
+        console.err.print(f"[green]pulled[/] {identity.ref}")
+        return True
+    console.err.print(f"[yellow]not in the registry[/] {identity.ref}: building it")
+    return False
+
+
+def _build_one(client, recipe, settings, identity, build_image, no_cache: bool) -> None:
+    started = time.monotonic()
+    console.err.print(f"[bold]building[/] {identity.ref} (base {settings.base_image})")
+    state = {"step": ""}
+    with console.err.status(f"building {identity.ref}", spinner="dots") as status:
+
+        def show(line: str) -> None:
+            if line.startswith("Step "):
+                state["step"] = line
+                console.err.print(f"[dim]{console.escape(line[:160])}[/]")
+            elapsed = time.monotonic() - started
+            status.update(f"[{elapsed:4.0f} s] {console.escape(line.strip()[:100])}")
+
+        image_id = build_image(client, recipe, settings, identity, show, nocache=no_cache)
+    size = client.images.get(image_id).attrs.get("Size")
+    console.err.print(
+        f"[green]built[/] {identity.ref} ({_gb(size)}) in {time.monotonic() - started:.0f} s"
+    )
+
+
+def _push(client, identity) -> None:
+    from timmx.errors import DockerError
+
+    if "/" not in identity.repository:
+        raise DockerError("--push needs a --registry prefix (or $TIMMX_REGISTRY)")
+    with console.err.status(f"pushing {identity.ref}", spinner="dots"):
+        for chunk in client.api.push(
+            identity.repository, tag=identity.tag, stream=True, decode=True
+        ):
+            if "error" in chunk:
+                raise DockerError(f"pushing {identity.ref} failed: {chunk['error']}")
+    console.err.print(f"[green]pushed[/] {identity.ref}")
+
+
+@images_app.command("list")
+def list_images(
+    names: Annotated[list[str] | None, NAMES] = None,
+    base_image: Annotated[str | None, BASE] = None,
+    torch_index_url: Annotated[str | None, TORCH_INDEX] = None,
+    torch_wheels: Annotated[Path | None, TORCH_WHEELS] = None,
+    registry: Annotated[str | None, REGISTRY] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Each toolchain's image: name, tag, size, and present / missing / stale."""
+    from rich.table import Table
+
+    from timmx.images.build import image_rows
+    from timmx.images.engine import connect
+
+    settings = _settings(base_image, torch_index_url, torch_wheels, registry)
+    rows = image_rows(connect(), settings, names)
+    if json_out:
+        payload = [
+            {
+                "name": r.toolchain,
+                "image": r.ref,
+                "size": r.size,
+                "status": r.status,
+                "created": r.created,
+            }
+            for r in rows
+        ]
+        console.out.print_json(json.dumps(payload))
+        return
+    table = Table()
+    for column in ("name", "image", "size", "status", "created"):
+        table.add_column(column)
+    colours = {"present": "green", "missing": "yellow", "stale": "dim"}
+    for r in rows:
+        table.add_row(
+            r.toolchain, r.ref, _gb(r.size), f"[{colours[r.status]}]{r.status}[/]", r.created
+        )
+    console.out.print(table)
+
+
+@images_app.command("rm")
+def remove(
+    names: Annotated[list[str] | None, NAMES] = None,
+    stale: Annotated[bool, typer.Option("--stale", help="Only the stale images.")] = False,
+    registry: Annotated[str | None, REGISTRY] = None,
+) -> None:
+    """Remove the toolchains' images (present and stale), or only the stale ones."""
+    from timmx.images.build import remove_images
+    from timmx.images.engine import connect
+
+    settings = _settings(None, None, None, registry)
+    removed = remove_images(connect(), names, stale_only=stale, settings=settings)
+    for ref in removed:
+        console.err.print(f"removed {ref}")
+    if not removed:
+        console.err.print("nothing to remove")
+
+
+@images_app.command("base")
+def base(
+    ca_bundle: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-bundle", help="A CA bundle to trust in the image (networks that intercept TLS)."
+        ),
+    ] = None,
+    mirror: Annotated[
+        str | None,
+        typer.Option(
+            "--mirror",
+            help="Debian mirror (default: this machine's apt sources, else deb.debian.org).",
+        ),
+    ] = None,
+    tag: Annotated[
+        str, typer.Option("--tag", help="Name of the base image.")
+    ] = "timmx-base:bookworm",
+    force: Annotated[bool, typer.Option("--force", help="Rebuild when it exists.")] = False,
+) -> None:
+    """Build a minimal Debian bookworm + Python 3.11 base image, for machines with no registry."""
+    from docker.errors import ImageNotFound
+
+    from timmx.images.base import build_base
+    from timmx.images.engine import connect
+
+    client = connect()
+    try:
+        client.images.get(tag)
+        exists = True
+    except ImageNotFound:
+        exists = False
+    if exists and not force:
+        console.err.print(f"[green]present[/] {tag} (--force rebuilds it)")
+        return
+    started = time.monotonic()
+    with console.err.status(f"building {tag}", spinner="dots") as status:
+
+        def show(line: str) -> None:
+            if not line.startswith("I: "):
+                console.err.print(f"[dim]{console.escape(line)}[/]")
+            status.update(console.escape(line[:100]))
+
+        build_base(client, tag, mirror, ca_bundle, show)
+    size = client.images.get(tag).attrs.get("Size")
+    console.err.print(
+        f"[green]built[/] {tag} ({_gb(size)}) in {time.monotonic() - started:.0f} s; "
+        f"use it with --base-image {tag} or TIMMX_BASE_IMAGE={tag}"
+    )

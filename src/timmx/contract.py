@@ -1,0 +1,219 @@
+"""The versioned JSON contract between the CLI, the runners and the worker in a container.
+
+An `ExportJob` says everything an export needs; an `ExportResult` says what came of it. Paths
+inside a job are relative to the job's workspace (the folder it is run from on the host, the
+mounted `/job` folder in a container), so one job file means the same thing in both places.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from timmx.errors import ContractError
+
+SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    name: str = Field(description="A timm model name, or an `hf-hub:org/name` reference.")
+    pretrained: bool = Field(False, description="Load the model's pretrained weights.")
+    checkpoint: str | None = Field(None, description="A checkpoint file, workspace-relative.")
+    num_classes: int | None = Field(None, ge=0, description="Classifier size (0: features).")
+    in_chans: int | None = Field(None, ge=1, description="Input channels.")
+    reparameterize: bool = Field(
+        True, description="Fuse reparameterizable blocks (RepVGG, MobileOne...) before export."
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra keyword arguments for timm.create_model."
+    )
+    seed: int = Field(0, description="Seed for randomly initialised weights (reproducibility).")
+
+
+class InputSpec(_Strict):
+    batch_size: int = Field(1, ge=1)
+    size: tuple[int, int, int] | None = Field(
+        None, description="C, H, W; the model's default input size when absent."
+    )
+    dynamic_batch: bool = False
+
+    @model_validator(mode="after")
+    def _positive_size(self) -> InputSpec:
+        if self.size is not None and min(self.size) < 1:
+            raise ValueError(f"input size must be three positive integers C H W, got {self.size}")
+        return self
+
+
+class PreprocessSpec(_Strict):
+    normalize: bool = Field(False, description="Bake (x - mean) / std into the graph.")
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    softmax: bool = Field(False, description="Bake a softmax over the classes into the graph.")
+
+    @model_validator(mode="after")
+    def _mean_std_need_normalize(self) -> PreprocessSpec:
+        if (self.mean is not None or self.std is not None) and not self.normalize:
+            raise ValueError("--mean/--std only apply with --normalize: add --normalize")
+        if self.std is not None and any(s == 0 for s in self.std):
+            raise ValueError("--std values must be non-zero")
+        return self
+
+
+class CalibrationSpec(_Strict):
+    path: str | None = Field(None, description="A tensor file or an image folder.")
+    samples: int | None = Field(None, ge=1)
+    random: bool = False
+
+
+class VerifySpec(_Strict):
+    enabled: bool = True
+    atol: float | None = Field(None, ge=0, description="Absolute tolerance override.")
+    rtol: float | None = Field(None, ge=0, description="Tolerance relative to max |reference|.")
+    seed: int = 0
+
+
+class ExportJob(_Strict):
+    schema_version: int = SCHEMA_VERSION
+    backend: str
+    model: ModelSpec
+    input: InputSpec = Field(default_factory=InputSpec)
+    preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
+    calibration: CalibrationSpec | None = None
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="The backend's own options, validated by the backend."
+    )
+    output: str = Field(description="Artifact path, workspace-relative.")
+    device: str = "cpu"
+    verify: VerifySpec = Field(default_factory=VerifySpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_version(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            check_schema_version(data.get("schema_version", SCHEMA_VERSION), "job")
+        return data
+
+
+class ArtifactFile(_Strict):
+    path: str = Field(description="Relative to the report's folder.")
+    bytes: int
+    sha256: str
+
+
+class VerificationCheck(_Strict):
+    batch_size: int
+    max_abs_error: float
+    max_rel_error: float
+    top1_agreement: float
+    passed: bool
+
+
+class Verification(_Strict):
+    status: Literal["passed", "failed", "skipped", "partial"]
+    runtime: str | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    min_top1: float | None = None
+    checks: list[VerificationCheck] = Field(default_factory=list)
+    note: str | None = None
+
+    def worst(self, field: str) -> float | None:
+        values = [getattr(c, field) for c in self.checks]
+        if not values:
+            return None
+        return min(values) if field == "top1_agreement" else max(values)
+
+
+class ModelSummary(_Strict):
+    name: str
+    parameters: int
+    input_size: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_classes: int
+    reparameterized: bool
+
+
+class Environment(_Strict):
+    runner: Literal["local", "docker"] = "local"
+    python: str
+    platform: str
+    timmx: str
+    packages: dict[str, str] = Field(default_factory=dict)
+    image: str | None = None
+    image_id: str | None = None
+
+
+class ErrorInfo(_Strict):
+    kind: str
+    message: str
+
+
+class ExportResult(_Strict):
+    schema_version: int = SCHEMA_VERSION
+    status: Literal["success", "failed"]
+    job: ExportJob | None = None
+    artifacts: list[ArtifactFile] = Field(default_factory=list)
+    model: ModelSummary | None = None
+    verification: Verification | None = None
+    environment: Environment | None = None
+    timings: dict[str, float] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_version(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            check_schema_version(data.get("schema_version", SCHEMA_VERSION), "result")
+        return data
+
+
+def check_schema_version(version: Any, what: str) -> None:
+    if version != SCHEMA_VERSION:
+        raise ContractError(
+            f"{what} schema version {version!r} is not supported by this timmx, which speaks "
+            f"version {SCHEMA_VERSION}: use a timmx (or image) of the same version"
+        )
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line for the first problem pydantic found, naming the field."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "value"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return f"unknown field '{where}'"
+    return f"{where}: {message}" if first["loc"] else message
+
+
+def _parse(model: type[_Strict], text: str, what: str) -> Any:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ContractError(f"{what} is not valid JSON: {exc}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ContractError(f"invalid {what}: {describe_validation_error(exc)}") from None
+
+
+def parse_job(text: str) -> ExportJob:
+    return _parse(ExportJob, text, "job")
+
+
+def parse_result(text: str) -> ExportResult:
+    return _parse(ExportResult, text, "result")
+
+
+def json_schema(which: Literal["job", "result"]) -> dict[str, Any]:
+    model = ExportJob if which == "job" else ExportResult
+    schema = model.model_json_schema()
+    schema["$id"] = f"https://timmx.dev/schema/{which}/v{SCHEMA_VERSION}.json"
+    return schema

@@ -1,0 +1,88 @@
+"""Errors a user can act on. Each carries one line that says what to do."""
+
+from __future__ import annotations
+
+
+class TimmxError(Exception):
+    """A failure the user can fix; the CLI prints `error: <message>` and exits with code 2."""
+
+    kind = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInputError(TimmxError):
+    """A bad flag, a bad file, a bad combination of options."""
+
+    kind = "invalid_input"
+
+
+class ModelError(TimmxError):
+    """The model cannot be created, or a checkpoint does not fit it."""
+
+    kind = "model"
+
+
+class CheckpointError(TimmxError):
+    """The checkpoint file is missing, unreadable or unsafe."""
+
+    kind = "checkpoint"
+
+
+class ExportFailedError(TimmxError):
+    """The backend's converter failed on this model."""
+
+    kind = "export_failed"
+
+
+class VerificationError(TimmxError):
+    """The artifact's outputs differ from PyTorch's beyond the tolerance."""
+
+    kind = "verification"
+
+
+class BackendUnavailableError(TimmxError):
+    """A backend's packages are not installed here."""
+
+    kind = "backend_unavailable"
+
+
+class DockerError(TimmxError):
+    """The Docker engine or an image is not usable."""
+
+    kind = "docker"
+
+
+class ContractError(TimmxError):
+    """A job or result does not follow the JSON contract."""
+
+    kind = "contract"
+
+
+ERROR_KINDS: dict[str, type[TimmxError]] = {
+    cls.kind: cls
+    for cls in (
+        TimmxError,
+        InvalidInputError,
+        ModelError,
+        CheckpointError,
+        ExportFailedError,
+        VerificationError,
+        BackendUnavailableError,
+        DockerError,
+        ContractError,
+    )
+}
+
+
+def error_from_kind(kind: str, message: str) -> TimmxError:
+    """Rebuild an error that crossed a process boundary as (kind, message)."""
+    return ERROR_KINDS.get(kind, TimmxError)(message)
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, for one-line errors."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__

@@ -1,0 +1,178 @@
+"""Turn a ModelSpec into a ready-to-export module: create, load weights, reparameterize, wrap."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from timmx.checkpoint import apply_state_dict, load_state_dict
+from timmx.contract import ExportJob, ModelSummary
+from timmx.errors import InvalidInputError, ModelError, first_line
+
+
+class ExportWrapper(nn.Module):
+    """Bakes input normalisation and an output softmax into the exported graph."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        softmax: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.normalize = mean is not None and std is not None
+        # Registered either way so that torch.jit.script sees the same attributes.
+        self.register_buffer("mean", torch.tensor(mean or (0.0,)).view(1, -1, 1, 1), False)
+        self.register_buffer("std", torch.tensor(std or (1.0,)).view(1, -1, 1, 1), False)
+        self.softmax = softmax
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            x = (x - self.mean) / self.std
+        x = self.model(x)
+        if self.softmax:
+            x = x.softmax(dim=-1)
+        return x
+
+
+@dataclass
+class PreparedModel:
+    module: nn.Module
+    example_input: torch.Tensor
+    summary: ModelSummary
+
+
+def check_model_name(name: str) -> None:
+    if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")) or timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else "see `timmx list PATTERN`"
+    raise ModelError(f"unknown model '{name}': {hint}")
+
+
+def create_model(job: ExportJob, workspace: Path) -> nn.Module:
+    spec = job.model
+    check_model_name(spec.name)
+    kwargs = dict(spec.kwargs)
+    if spec.num_classes is not None:
+        kwargs["num_classes"] = spec.num_classes
+    if spec.in_chans is not None:
+        kwargs["in_chans"] = spec.in_chans
+    torch.manual_seed(spec.seed)  # the same job gives the same random weights, bit for bit
+    try:
+        model = timm.create_model(spec.name, pretrained=spec.pretrained, **kwargs)
+    except TypeError as exc:
+        raise ModelError(f"{spec.name} does not accept these arguments: {exc}") from None
+    except (OSError, RuntimeError, ValueError) as exc:
+        what = "download the pretrained weights of" if spec.pretrained else "create"
+        hint = (
+            ": check the network or pass --checkpoint with a local file" if spec.pretrained else ""
+        )
+        raise ModelError(f"could not {what} {spec.name} ({first_line(exc)}){hint}") from None
+    if spec.checkpoint is not None:
+        state = load_state_dict(workspace / spec.checkpoint)
+        apply_state_dict(model, state, spec.name)
+    return model.eval()
+
+
+def prepare(job: ExportJob, workspace: Path) -> PreparedModel:
+    model = create_model(job, workspace)
+    reparameterized = False
+    if job.model.reparameterize and has_reparam(model):
+        from timm.utils.model import reparameterize_model
+
+        model = reparameterize_model(model)
+        reparameterized = True
+
+    config = timm.data.resolve_data_config({}, model=model)
+    model_chans = int(config["input_size"][0])
+    size = tuple(job.input.size) if job.input.size else tuple(config["input_size"])
+    if size[0] != model_chans:
+        raise InvalidInputError(
+            f"input size {list(size)} has {size[0]} channels but {job.model.name} takes "
+            f"{model_chans}: use --input-size {model_chans} {size[1]} {size[2]} "
+            f"or --in-chans {size[0]}"
+        )
+    pre = job.preprocess
+    mean = tuple(pre.mean) if pre.mean else _fit_channels(config["mean"], model_chans)
+    std = tuple(pre.std) if pre.std else _fit_channels(config["std"], model_chans)
+    for label, values in (("--mean", mean), ("--std", std)):
+        if len(values) != model_chans:
+            raise InvalidInputError(
+                f"{label} has {len(values)} values but the model takes {model_chans} channels"
+            )
+
+    module = ExportWrapper(
+        model,
+        mean=mean if pre.normalize else None,
+        std=std if pre.normalize else None,
+        softmax=pre.softmax,
+    ).eval()
+    device = _device(job.device)
+    module = module.to(device)
+    example = make_input(job, size, seed=job.verify.seed).to(device)
+    try:
+        with torch.inference_mode():
+            out = module(example)
+    except Exception as exc:
+        default = list(config["input_size"])
+        raise InvalidInputError(
+            f"{job.model.name} cannot run on input {[job.input.batch_size, *size]} "
+            f"({first_line(exc)}): use its default --input-size {' '.join(map(str, default))}"
+        ) from None
+    summary = ModelSummary(
+        name=job.model.name,
+        parameters=sum(p.numel() for p in model.parameters()),
+        input_size=size,
+        mean=mean,
+        std=std,
+        num_classes=int(out.shape[-1]) if out.ndim >= 1 else 0,
+        reparameterized=reparameterized,
+    )
+    return PreparedModel(module=module, example_input=example, summary=summary)
+
+
+def make_input(
+    job: ExportJob, size: tuple[int, ...], seed: int, batch: int | None = None
+) -> torch.Tensor:
+    """A fixed, seeded input: pixels in [0, 1] when normalisation is baked in, else N(0, 1)."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (batch or job.input.batch_size, *size)
+    if job.preprocess.normalize:
+        return torch.rand(shape, generator=generator)
+    return torch.randn(shape, generator=generator)
+
+
+def has_reparam(model: nn.Module) -> bool:
+    return any(
+        hasattr(m, name)
+        for m in model.modules()
+        for name in ("fuse", "reparameterize", "switch_to_deploy")
+    )
+
+
+def _fit_channels(values: tuple[float, ...], chans: int) -> tuple[float, ...]:
+    values = tuple(float(v) for v in values)
+    if len(values) == chans:
+        return values
+    # timm's configs are for RGB; average them for other channel counts.
+    return (sum(values) / len(values),) * chans
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InvalidInputError(f"unknown device '{name}': use cpu, cuda or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError("--device cuda was asked for but no CUDA GPU is available here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidInputError("--device mps was asked for but MPS is not available here")
+    return device

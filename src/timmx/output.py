@@ -1,0 +1,120 @@
+"""Write artifacts so that a failed export never leaves a file that looks finished.
+
+A backend writes into a private staging folder beside the destination (same filesystem, so a
+rename is atomic); only a verified artifact is moved into place, and the report comes last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from timmx.contract import ArtifactFile
+from timmx.errors import InvalidInputError
+
+
+def check_output(path: Path, suffix: str, backend: str) -> None:
+    """Refuse an output path that cannot be written, before any work is done."""
+    if path.suffix != suffix:
+        raise InvalidInputError(f"--output {path} must end with {suffix} for the {backend} backend")
+    if path.exists() and path.is_dir() != (suffix in _FOLDER_SUFFIXES):
+        raise InvalidInputError(f"--output {path} exists and is of another kind: remove it first")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInputError(
+            f"cannot create the output folder {parent} ({exc.strerror}): choose another --output"
+        ) from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InvalidInputError(
+            f"cannot write to {parent} (permission denied): choose another --output"
+        )
+
+
+_FOLDER_SUFFIXES = {".mlpackage", ".ncnn"}
+
+
+@contextmanager
+def staging_folder(destination: Path) -> Iterator[Path]:
+    """A private folder beside `destination`, removed on exit whatever happens."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def publish(staged: list[Path], staging: Path, destination_dir: Path) -> list[Path]:
+    """Move staged files (or folders) into `destination_dir`, each by an atomic rename."""
+    placed = []
+    for source in staged:
+        target = destination_dir / source.relative_to(staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            _replace_folder(source, target)
+        else:
+            os.replace(source, target)
+        placed.append(target)
+    return placed
+
+
+def _replace_folder(source: Path, target: Path) -> None:
+    if not target.exists():
+        os.rename(source, target)
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.rename(target, old)
+    os.rename(source, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report is as readable as a file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def describe_files(paths: list[Path], root: Path) -> list[ArtifactFile]:
+    """Size and sha256 of each file (every file inside a folder artifact)."""
+    files = []
+    for path in paths:
+        members = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for member in members:
+            files.append(
+                ArtifactFile(
+                    path=member.relative_to(root).as_posix(),
+                    bytes=member.stat().st_size,
+                    sha256=sha256(member),
+                )
+            )
+    return files
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def report_path(artifact: Path) -> Path:
+    return artifact.with_name(artifact.name + ".json")

@@ -1,0 +1,88 @@
+"""Compare an artifact's outputs with PyTorch eager on fixed, seeded inputs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from timmx.backends.base import Runtime, Tolerance
+from timmx.contract import Verification, VerificationCheck
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from timmx.contract import ExportJob
+
+
+def compare(
+    reference: np.ndarray, actual: np.ndarray, tolerance: Tolerance, batch_size: int
+) -> VerificationCheck:
+    reference = np.asarray(reference, dtype=np.float64)
+    actual = np.asarray(actual, dtype=np.float64).reshape(reference.shape)
+    if not np.all(np.isfinite(actual)):
+        max_abs = float("inf")
+    else:
+        max_abs = float(np.max(np.abs(actual - reference))) if reference.size else 0.0
+    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+    # Relative to the output's scale: elementwise ratios explode near zero logits.
+    max_rel = max_abs / scale if scale > 0 else max_abs
+    top1 = 1.0
+    if reference.ndim >= 2 and reference.shape[-1] > 1:
+        ref_top = reference.reshape(-1, reference.shape[-1]).argmax(-1)
+        act_top = actual.reshape(-1, actual.shape[-1]).argmax(-1)
+        top1 = float(np.mean(ref_top == act_top))
+    passed = max_abs <= tolerance.atol + tolerance.rtol * scale
+    if tolerance.min_top1 is not None:
+        passed = passed and top1 >= tolerance.min_top1
+    return VerificationCheck(
+        batch_size=batch_size,
+        max_abs_error=max_abs,
+        max_rel_error=max_rel,
+        top1_agreement=top1,
+        passed=passed,
+    )
+
+
+def verify(
+    job: ExportJob,
+    module: nn.Module,
+    runtime: Runtime,
+    runtime_name: str,
+    input_size: tuple[int, ...],
+    batch_sizes: list[int],
+    tolerance: Tolerance,
+) -> Verification:
+    import torch
+
+    from timmx.modeling import make_input
+
+    device = next(iter(module.buffers()), next(module.parameters())).device
+    checks = []
+    for i, batch in enumerate(batch_sizes):
+        x = make_input(job, input_size, seed=job.verify.seed + i, batch=batch)
+        with torch.inference_mode():
+            reference = module(x.to(device)).float().cpu().numpy()
+        actual = runtime(x.numpy())
+        checks.append(compare(reference, actual, tolerance, batch))
+    return Verification(
+        status="passed" if all(c.passed for c in checks) else "failed",
+        runtime=runtime_name,
+        atol=tolerance.atol,
+        rtol=tolerance.rtol,
+        min_top1=tolerance.min_top1,
+        checks=checks,
+    )
+
+
+def describe_failure(result: Verification) -> str:
+    worst = max(result.checks, key=lambda c: c.max_abs_error)
+    tol = f"atol {result.atol:g} + rtol {result.rtol:g} x max|reference|"
+    if result.min_top1 is not None:
+        tol += f", top-1 >= {result.min_top1:.0%}"
+    return (
+        f"verification failed in {result.runtime} (batch {worst.batch_size}): max abs error "
+        f"{worst.max_abs_error:.3g}, max rel error {worst.max_rel_error:.3g}, top-1 agreement "
+        f"{worst.top1_agreement:.0%}; tolerance {tol}. No artifact was written: loosen with "
+        "--atol/--rtol if this is expected, or --no-verify"
+    )
