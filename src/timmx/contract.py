@@ -66,9 +66,15 @@ class PreprocessSpec(_Strict):
 
 
 class CalibrationSpec(_Strict):
-    path: str | None = Field(None, description="A tensor file or an image folder.")
-    samples: int | None = Field(None, ge=1)
-    random: bool = False
+    path: str | None = Field(
+        None,
+        description="A torch-saved (N, C, H, W) tensor or an image folder, workspace-relative.",
+    )
+    samples: int | None = Field(None, ge=1, description="Use at most this many samples.")
+    steps: int | None = Field(None, ge=1, description="Calibration forward passes (batches).")
+    random: bool = Field(
+        False, description="Random inputs: an explicit opt-in, not for production."
+    )
 
 
 class VerifySpec(_Strict):
@@ -122,6 +128,9 @@ class Verification(_Strict):
     min_top1: float | None = None
     checks: list[VerificationCheck] = Field(default_factory=list)
     note: str | None = None
+    details: dict[str, Any] = Field(
+        default_factory=dict, description="What the backend found in the artifact (ops, ...)."
+    )
 
     def worst(self, field: str) -> float | None:
         values = [getattr(c, field) for c in self.checks]

@@ -67,6 +67,8 @@ class Backend(ABC):
     install_hint: ClassVar[str]
     Options: ClassVar[type[BackendOptions]] = BackendOptions
     runtime_name: ClassVar[str]  # what verification runs the artifact in
+    # True: the CLI adds the shared calibration flags and fills ExportJob.calibration.
+    uses_calibration: ClassVar[bool] = False
 
     def parse_options(self, raw: dict[str, Any]) -> BackendOptions:
         try:
@@ -103,6 +105,11 @@ class Backend(ABC):
     def load_runtime(self, artifact: Path, options: Any) -> Runtime | None:
         """Load the artifact in its own runtime; None where no runtime runs on this platform."""
         return None
+
+    def inspect_artifact(self, artifact: Path, options: Any) -> dict[str, Any]:
+        """Facts about the artifact for the report (ops, IO, compression); a `note` key, if
+        present, explains what verification could not check."""
+        return {}
 
     def verify_batch_sizes(self, job: ExportJob) -> list[int]:
         """Batch sizes the artifact must accept: the example's, and another when dynamic."""

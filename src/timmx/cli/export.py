@@ -28,12 +28,8 @@ from timmx.contract import (
 )
 from timmx.errors import InvalidInputError
 
-MODEL, INPUT, VERIFY, ISOLATION = (
-    "Model",
-    "Input and pre/post-processing",
-    "Verification",
-    "Isolation",
-)
+MODEL, INPUT, VERIFY = "Model", "Input and pre/post-processing", "Verification"
+ISOLATION, CALIBRATION = "Isolation", "Calibration"
 
 
 def _opt(annotation: Any, default: Any, *flags: str, panel: str, help: str, **extra: Any):
@@ -155,6 +151,32 @@ SHARED: dict[str, tuple] = {
 }
 
 
+# Added for backends with `uses_calibration`; they fill ExportJob.calibration.
+CALIBRATION_FLAGS: dict[str, tuple] = {
+    "calibration_data": _opt(
+        Path | None,
+        None,
+        "--calibration-data",
+        panel=CALIBRATION,
+        help="A torch-saved (N, C, H, W) tensor, or a folder of images preprocessed with the "
+        "model's own timm data config.",
+    ),
+    "calibration_samples": _opt(
+        int | None, None, "--calibration-samples", panel=CALIBRATION, help="Use at most N samples."
+    ),
+    "calibration_steps": _opt(
+        int | None, None, "--calibration-steps", panel=CALIBRATION, help="Calibration batches."
+    ),
+    "random_calibration": _opt(
+        bool,
+        False,
+        "--random-calibration",
+        panel=CALIBRATION,
+        help="Calibrate on random inputs: an explicit opt-in for trying things, not production.",
+    ),
+}
+
+
 def _option_flags(name: str, field: FieldInfo, backend: Backend) -> tuple:
     flag = "--" + name.replace("_", "-")
     annotation = field.annotation
@@ -176,6 +198,8 @@ def _parameters(backend: Backend) -> list[inspect.Parameter]:
         )
     ]
     specs = dict(SHARED)
+    if backend.uses_calibration:
+        specs.update(CALIBRATION_FLAGS)
     for name, field in backend.Options.model_fields.items():
         if name in specs:
             raise RuntimeError(f"backend {backend.name} option '{name}' clashes with a shared flag")
@@ -262,13 +286,18 @@ def build_job(backend: Backend, values: dict[str, Any]) -> ExportJob:
 
 
 def _calibration(values: dict[str, Any]) -> CalibrationSpec | None:
-    path = values.get("calibration_data")
-    if path is None and not values.get("random_calibration"):
+    if "calibration_data" not in values:  # the backend takes no calibration
+        return None
+    path = values["calibration_data"]
+    if path is not None and values["random_calibration"]:
+        raise InvalidInputError("--calibration-data and --random-calibration exclude each other")
+    if path is None and not values["random_calibration"]:
         return None
     return CalibrationSpec(
         path=str(path) if path else None,
-        samples=values.get("calibration_samples"),
-        random=bool(values.get("random_calibration")),
+        samples=values["calibration_samples"],
+        steps=values["calibration_steps"],
+        random=values["random_calibration"],
     )
 
 

@@ -112,14 +112,23 @@ def _verify(backend, options, ctx: ExportContext, prepared, artifact: Path) -> V
             f"the {backend.name} artifact does not load in {backend.runtime_name}: "
             f"{first_line(exc)}"
         ) from exc
+    try:
+        details = backend.inspect_artifact(artifact, options)
+    except TimmxError:
+        raise
+    except Exception as exc:
+        raise ExportFailedError(
+            f"the {backend.name} artifact could not be inspected: {first_line(exc)}"
+        ) from exc
+    note = details.pop("note", None)
     if runtime is None:
         return Verification(
             status="skipped",
-            runtime=None,
-            note=f"no {backend.name} runtime runs on this platform: numerics were not checked",
+            note=note or f"no {backend.name} runtime runs on this platform: numerics not checked",
+            details=details,
         )
     try:
-        return verify(
+        verification = verify(
             ctx.job,
             prepared.module,
             runtime,
@@ -128,11 +137,14 @@ def _verify(backend, options, ctx: ExportContext, prepared, artifact: Path) -> V
             backend.verify_batch_sizes(ctx.job),
             backend.tolerance(options),
         )
+    except TimmxError:
+        raise
     except Exception as exc:
         raise ExportFailedError(
             f"the {backend.name} artifact failed to run in {backend.runtime_name}: "
             f"{first_line(exc)}"
         ) from exc
+    return verification.model_copy(update={"note": note, "details": details})
 
 
 def save_report(result: ExportResult, artifact: Path) -> Path:
