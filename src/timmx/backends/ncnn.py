@@ -1,0 +1,139 @@
+"""ncnn (.param + .bin in a folder) through pnnx, verified with the ncnn Python runtime."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import warnings
+from collections import Counter
+from pathlib import Path
+
+from pydantic import Field
+
+from timmx.backends import register
+from timmx.backends.base import FP16, FP32, Backend, BackendOptions, ExportContext, Runtime
+from timmx.contract import ExportJob
+from timmx.errors import ExportFailedError, InvalidInputError
+
+# pnnx leaves ops it cannot lower under their torch names (Tensor.reshape, torch.unbind, F.x...);
+# ncnn's own layer names never contain a dot.
+_UNLOWERED = re.compile(r"^(?:Tensor|torch|F|nn|aten|prim)\.\S+$")
+
+
+class NcnnOptions(BackendOptions):
+    fp16: bool = Field(True, description="Store weights as fp16 (ncnn's usual deployment form).")
+
+
+@register
+class NcnnBackend(Backend):
+    name = "ncnn"
+    help = "ncnn model (a .ncnn folder with .param and .bin) via pnnx, verified in ncnn."
+    suffix = ".ncnn"
+    toolchain = "ncnn"
+    requires = ("torch", "timm", "pnnx", "ncnn")
+    install_hint = "pip install 'timmx[ncnn]'"
+    Options = NcnnOptions
+    runtime_name = "ncnn"
+
+    def check(self, job: ExportJob, options: NcnnOptions) -> None:
+        if job.input.dynamic_batch or job.input.batch_size != 1:
+            raise InvalidInputError(
+                "ncnn runs one image at a time (its tensors have no batch dimension): "
+                "drop --dynamic-batch and --batch-size"
+            )
+
+    def tolerance(self, options: NcnnOptions):
+        return FP16 if options.fp16 else FP32
+
+    def export(self, ctx: ExportContext, options: NcnnOptions) -> list[Path]:
+        import pnnx
+        import torch
+
+        folder = ctx.artifact
+        folder.mkdir()
+        stem = folder.stem
+        scratch = folder.parent / "pnnx"  # staging is private and removed afterwards
+        scratch.mkdir()
+        traced = scratch / "model.pt"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation and tracer notes
+            module = torch.jit.trace(ctx.model.cpu(), ctx.example_input.cpu(), check_trace=False)
+        module.save(str(traced))
+        shape = ",".join(str(d) for d in ctx.example_input.shape)
+        command = [
+            pnnx.EXEC_PATH,
+            str(traced),
+            f"inputshape=[{shape}]f32",
+            "device=cpu",
+            f"fp16={int(options.fp16)}",
+            f"ncnnparam={folder / (stem + '.param')}",
+            f"ncnnbin={folder / (stem + '.bin')}",
+            *(f"{key}={scratch / name}" for key, name in _SIDE_OUTPUTS.items()),
+        ]
+        run = subprocess.run(command, capture_output=True, text=True, cwd=scratch)
+        param = folder / (stem + ".param")
+        if run.returncode != 0 or not param.exists():
+            last = (run.stderr or run.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise ExportFailedError(f"pnnx failed on {ctx.job.model.name}: {last[0][:200]}")
+        unlowered = unlowered_layers(param)
+        if unlowered:
+            ops = ", ".join(f"{op} (x{n})" for op, n in unlowered.most_common(4))
+            ignored = next((ln for ln in run.stderr.splitlines() if ln.startswith("ignore")), "")
+            raise ExportFailedError(
+                f"ncnn cannot run {ctx.job.model.name}: pnnx could not lower {ops}"
+                + (f" ({ignored[:140]})" if ignored else "")
+                + "; try another backend (onnx, litert) for this architecture"
+            )
+        return [folder]
+
+    def load_runtime(self, artifact: Path, options: NcnnOptions) -> Runtime:
+        import ncnn
+        import numpy as np
+
+        net = ncnn.Net()
+        # One thread: on a busy 2-core machine more threads ran 10 to 500 times slower.
+        net.opt.num_threads = 1
+        if not options.fp16:
+            net.opt.use_fp16_storage = net.opt.use_fp16_packed = False
+            net.opt.use_fp16_arithmetic = False
+        stem = artifact.stem
+        if net.load_param(str(artifact / f"{stem}.param")) or net.load_model(
+            str(artifact / f"{stem}.bin")
+        ):
+            raise ExportFailedError(f"ncnn could not load {artifact}")
+
+        def run(x: np.ndarray) -> np.ndarray:
+            outputs = []
+            for sample in x.astype(np.float32):  # ncnn tensors are C, H, W
+                extractor = net.create_extractor()
+                extractor.input("in0", ncnn.Mat(np.ascontiguousarray(sample)))
+                status, out = extractor.extract("out0")
+                if status != 0:
+                    raise ExportFailedError(f"ncnn failed to run {artifact} (status {status})")
+                outputs.append(np.array(out).copy())
+            return np.stack(outputs)
+
+        return run
+
+    def inspect_artifact(self, artifact: Path, options: NcnnOptions) -> dict:
+        layers = _layer_types(artifact / f"{artifact.stem}.param")
+        return {"layers": dict(sorted(Counter(layers).items())), "fp16_weights": options.fp16}
+
+
+# pnnx writes these beside its work; keep them out of the artifact folder.
+_SIDE_OUTPUTS = {
+    "pnnxparam": "model.pnnx.param",
+    "pnnxbin": "model.pnnx.bin",
+    "pnnxpy": "model_pnnx.py",
+    "pnnxonnx": "model.pnnx.onnx",
+    "ncnnpy": "model_ncnn.py",
+}
+
+
+def _layer_types(param: Path) -> list[str]:
+    lines = param.read_text().splitlines()[2:]  # magic number, then layer and blob counts
+    return [line.split()[0] for line in lines if line.strip()]
+
+
+def unlowered_layers(param: Path) -> Counter[str]:
+    return Counter(t for t in _layer_types(param) if _UNLOWERED.match(t))
