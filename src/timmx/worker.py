@@ -9,8 +9,10 @@ so the host always learns why an export failed; the exit code is 0 on success, 2
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from timmx.contract import ErrorInfo, ExportResult, parse_job
@@ -24,6 +26,8 @@ def _progress(message: str) -> None:
 
 
 def run(job_path: Path, result_path: Path) -> int:
+    if not os.environ.get("TIMMX_DEBUG"):
+        warnings.simplefilter("ignore")  # converters' deprecation notes would drown the progress
     try:
         job = parse_job(job_path.read_text())
         from timmx.runners.local import run_local

@@ -50,6 +50,8 @@ class ExportContext:
     artifact: Path  # final file name, inside a private staging folder
     workspace: Path
     warnings: list[str] = field(default_factory=list)
+    # Facts found while exporting (delegation, op counts...) for the report's details.
+    details: dict[str, Any] = field(default_factory=dict)
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -302,6 +303,9 @@ def _calibration(values: dict[str, Any]) -> CalibrationSpec | None:
 
 
 def _run(backend: Backend, values: dict[str, Any]) -> None:
+    if not console.debug_enabled():
+        # Converters warn about their own deprecations; the report says what matters.
+        warnings.simplefilter("ignore")
     job = build_job(backend, values)
     workspace = Path.cwd()
     if values["isolated"]:

@@ -76,7 +76,7 @@ def run_local(
             ) from exc
         timings["export_s"] = time.perf_counter() - tick
 
-        verification = Verification(status="skipped", note="--no-verify")
+        verification = Verification(status="skipped", note="--no-verify", details=ctx.details)
         if job.verify.enabled:
             progress(f"Verifying in {backend.runtime_name}")
             tick = time.perf_counter()
@@ -113,7 +113,7 @@ def _verify(backend, options, ctx: ExportContext, prepared, artifact: Path) -> V
             f"{first_line(exc)}"
         ) from exc
     try:
-        details = backend.inspect_artifact(artifact, options)
+        details = {**ctx.details, **backend.inspect_artifact(artifact, options)}
     except TimmxError:
         raise
     except Exception as exc:
