@@ -25,7 +25,7 @@ from timmx.contract import ExportJob
 from timmx.errors import InvalidInputError
 
 # PT2E static int8 on random-weight resnet18 measured 0.195 max abs error with top-1 kept.
-INT8 = Tolerance(atol=1e-2, rtol=0.15)
+INT8 = Tolerance(atol=5e-2, rtol=0.15)
 _BOOKKEEPING = {"executorch_call_delegate", "getitem", "<built-in function getitem>"}
 
 

@@ -1,0 +1,297 @@
+"""Calibration inputs for static quantization, shared by the backends that quantize.
+
+`calibration_batches(ctx)` turns `ExportJob.calibration` into NCHW float32 batches of the export's
+batch size: from a torch-saved (N, C, H, W) tensor, from a folder of images preprocessed with the
+model's own timm data config, or (an explicit opt-in, with a warning) from random inputs drawn
+like the verification inputs. Everything is validated before any conversion starts; a bad input
+is one `InvalidInputError` line that names the shape the model expects.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from timmx.errors import InvalidInputError, first_line
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from timmx.backends.base import ExportContext
+    from timmx.contract import CalibrationSpec
+
+# Without --calibration-samples or --calibration-steps, at most this many samples are used.
+DEFAULT_MAX_SAMPLES = 512
+# --random-calibration without a count: this many batches.
+DEFAULT_RANDOM_STEPS = 16
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
+_RANDOM_SEED = 20_240_917  # not a verification seed: calibration and verification differ
+
+Warn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the calibration data must look like: the model's input, one sample."""
+
+    size: tuple[int, int, int]  # C, H, W
+    batch_size: int
+    pixels: bool  # True: normalisation is baked in, the model takes [0, 1] pixels
+
+    def expected(self) -> str:
+        c, h, w = self.size
+        what = "of pixels in [0, 1]" if self.pixels else "normalised like the model's input"
+        return f"an (N, {c}, {h}, {w}) float32 tensor {what}"
+
+
+def calibration_batches(ctx: ExportContext) -> list[torch.Tensor]:
+    """The calibration batches for `ctx`, validated; NCHW float32 on the CPU."""
+    spec = ctx.job.calibration
+    if spec is None:
+        raise InvalidInputError(
+            "calibration data is needed: pass --calibration-data PATH (a tensor or an image "
+            "folder), or --random-calibration to try it on noise"
+        )
+    target = Target(
+        size=tuple(int(d) for d in ctx.example_input.shape[1:]),  # type: ignore[arg-type]
+        batch_size=int(ctx.example_input.shape[0]),
+        pixels=bool(getattr(ctx.model, "normalize", False)),
+    )
+    model = getattr(ctx.model, "model", ctx.model)  # the timm model inside the ExportWrapper
+    limit = sample_limit(spec, target.batch_size)
+    if spec.random:
+        ctx.warn(
+            "calibrated on random inputs (--random-calibration): the int8 ranges fit noise, "
+            "not your data; not for production, pass --calibration-data"
+        )
+        data = random_samples(target, limit or DEFAULT_RANDOM_STEPS * target.batch_size)
+    else:
+        assert spec.path is not None
+        data = load_samples(spec.path, ctx.workspace, model, target, limit, ctx.warn)
+    return to_batches(data, spec, target, ctx.warn)
+
+
+def sample_limit(spec: CalibrationSpec, batch_size: int) -> int | None:
+    """How many samples the flags ask for at most; None: all there are."""
+    limits = [spec.samples] if spec.samples else []
+    if spec.steps:
+        limits.append(spec.steps * batch_size)
+    return min(limits) if limits else None
+
+
+def random_samples(target: Target, count: int) -> torch.Tensor:
+    """Drawn like the verification inputs: pixels in [0, 1], or N(0, 1) when not normalised."""
+    import torch
+
+    generator = torch.Generator().manual_seed(_RANDOM_SEED)
+    shape = (count, *target.size)
+    draw = torch.rand if target.pixels else torch.randn
+    return draw(shape, generator=generator)
+
+
+def load_samples(
+    path: str, workspace: Path, model: nn.Module, target: Target, limit: int | None, warn: Warn
+) -> torch.Tensor:
+    """A tensor file or an image folder as one validated (N, C, H, W) float32 tensor."""
+    full = workspace / path
+    if not full.exists():
+        raise InvalidInputError(
+            f"calibration data not found: {path} (expected {target.expected()}, saved with "
+            "torch.save, or an image folder)"
+        )
+    cap = limit or DEFAULT_MAX_SAMPLES
+    if full.is_dir():
+        data = load_image_folder(full, path, model, target, cap, warn)
+        check_values(data, path, target, warn)
+        return data
+    data = load_tensor(full, path, target)
+    check_values(data, path, target, warn)  # all of it: a damaged file is refused as a whole
+    if limit is None and len(data) > cap:
+        warn(
+            f"calibrating on the first {cap} of the {len(data)} samples in {path}: "
+            "set --calibration-samples to use more"
+        )
+    return data[:cap]
+
+
+def load_tensor(full: Path, path: str, target: Target) -> torch.Tensor:
+    import torch
+
+    expected = target.expected()
+    if full.stat().st_size == 0:
+        raise InvalidInputError(f"calibration data {path} is empty: expected {expected}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # weights_only: a pickle that carries code is refused before anything runs.
+            obj = torch.load(full, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" in str(exc):
+            raise InvalidInputError(
+                f"calibration data {path} was refused: it would import code when loaded; "
+                f"save {expected} with torch.save"
+            ) from None
+        raise InvalidInputError(
+            f"calibration data {path} cannot be read (not a torch-saved file): expected "
+            f"{expected}, saved with torch.save, or an image folder"
+        ) from None
+    except Exception as exc:  # torch.load raises many types for damaged or foreign files
+        raise InvalidInputError(
+            f"calibration data {path} cannot be read ({first_line(exc, 100)}): expected "
+            f"{expected}, saved with torch.save, or an image folder"
+        ) from None
+    if not isinstance(obj, torch.Tensor):
+        raise InvalidInputError(
+            f"calibration data {path} holds a {type(obj).__name__}, not a tensor: save "
+            f"{expected} with torch.save"
+        )
+    check_shape(obj, path, target)
+    if not obj.is_floating_point():
+        raise InvalidInputError(
+            f"calibration data {path} has dtype {obj.dtype}: expected {expected} (raw 8-bit "
+            "images go in an image folder)"
+        )
+    return obj.detach().to(torch.float32).contiguous()
+
+
+def check_shape(data: torch.Tensor, path: str, target: Target) -> None:
+    c, h, w = target.size
+    shape = list(data.shape)
+    problem = None
+    if data.ndim != 4:
+        problem = f"has {data.ndim} dimensions {shape}"
+    elif shape[0] == 0:
+        problem = "is empty (no samples)"
+    elif shape[1] != c:
+        problem = f"has shape {shape}, {shape[1]} channels"
+        if shape[3] == c and shape[1:3] == [h, w]:
+            problem += " (it looks channels-last: save x.permute(0, 3, 1, 2))"
+    elif shape[2:] != [h, w]:
+        problem = f"has shape {shape}, {shape[2]}x{shape[3]} pixels"
+    if problem:
+        raise InvalidInputError(
+            f"calibration data {path} {problem}: expected {target.expected()} "
+            f"for the input size {c} {h} {w}"
+        )
+
+
+def check_values(data: torch.Tensor, path: str, target: Target, warn: Warn) -> None:
+    import torch
+
+    finite = torch.isfinite(data)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise InvalidInputError(
+            f"calibration data {path} contains {bad} NaN or Inf values: expected "
+            f"{target.expected()}, all finite"
+        )
+    if target.pixels and float(data.abs().max()) > 1.5:
+        warn(
+            f"calibration data {path} has values up to {float(data.abs().max()):.3g} but the "
+            "model takes pixels in [0, 1] (--normalize): check its scaling"
+        )
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files under `folder` (class subfolders included), in a stable order."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
+    )
+
+
+def load_image_folder(
+    folder: Path, path: str, model: nn.Module, target: Target, cap: int, warn: Warn
+) -> torch.Tensor:
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    c = target.size[0]
+    if c not in (1, 3):
+        raise InvalidInputError(
+            f"image folders calibrate 1- or 3-channel models, this one takes {c}: pass "
+            f"{target.expected()}, saved with torch.save"
+        )
+    files = image_files(folder)
+    if not files:
+        raise InvalidInputError(
+            f"calibration folder {path} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}...): "
+            f"add images, or pass {target.expected()}, saved with torch.save"
+        )
+    if len(files) > cap:
+        if cap == DEFAULT_MAX_SAMPLES:
+            warn(
+                f"calibrating on the first {cap} of the {len(files)} images in {path}: "
+                "set --calibration-samples to use more"
+            )
+        files = files[:cap]
+    transform = image_transform(model, target)
+    samples = []
+    for file in files:
+        name = f"{path.rstrip('/')}/{file.relative_to(folder)}"
+        try:
+            with Image.open(file) as image:
+                image.load()
+                pixels = image.convert("RGB" if c == 3 else "L")
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise InvalidInputError(
+                f"calibration image {name} cannot be read ({first_line(exc, 80)}): fix or "
+                f"remove it (the images become {target.expected()})"
+            ) from None
+        samples.append(transform(pixels))
+    data = torch.stack(samples).to(torch.float32)
+    check_shape(data, path, target)  # a transform that missed the size is still caught
+    return data
+
+
+def image_transform(model: nn.Module, target: Target):
+    """timm's eval transform for this model at the export's input size; no normalisation when
+    it is baked into the graph (the model then takes [0, 1] pixels)."""
+    from timm.data import create_transform, resolve_data_config
+
+    config = resolve_data_config({}, model=model)
+    config["input_size"] = target.size
+    chans = target.size[0]
+    if target.pixels:  # timm's normalize=False keeps 0..255 integers: normalise by (0, 1)
+        config["mean"], config["std"] = (0.0,) * chans, (1.0,) * chans
+    else:
+        config["mean"] = _fit_channels(config["mean"], chans)
+        config["std"] = _fit_channels(config["std"], chans)
+    return create_transform(**config, is_training=False)
+
+
+def to_batches(data: torch.Tensor, spec: CalibrationSpec, target: Target, warn: Warn):
+    """Whole batches of the export's batch size (the graph has a fixed batch), `steps` at most."""
+    batch = target.batch_size
+    if spec.samples and spec.samples > len(data) and not spec.random:
+        warn(
+            f"--calibration-samples {spec.samples} but {spec.path} holds {len(data)}: "
+            f"calibrating on {len(data)}"
+        )
+    count = len(data) // batch
+    if count == 0:
+        raise InvalidInputError(
+            f"calibration needs at least one batch of {batch} samples (the export's "
+            f"--batch-size), got {len(data)}: add samples or lower --batch-size"
+        )
+    if len(data) % batch:
+        warn(f"calibration uses {count * batch} of {len(data)} samples (whole batches of {batch})")
+    if spec.steps and spec.steps > count:
+        warn(f"--calibration-steps {spec.steps} but the data fills {count}: calibrating on {count}")
+    steps = min(count, spec.steps or count)
+    return [data[i * batch : (i + 1) * batch] for i in range(steps)]
+
+
+def _fit_channels(values, chans: int) -> tuple[float, ...]:
+    values = tuple(float(v) for v in values)
+    if len(values) == chans:
+        return values
+    mean = math.fsum(values) / len(values)
+    return (mean,) * chans
