@@ -20,3 +20,10 @@ SMALL = ("--input-size", 3, 32, 32)
 )
 def test_bad_combinations(cli, workdir, flags, needle):
     assert_refused(cli("export", "executorch", "resnet18", *SMALL, *flags), needle)
+
+
+def test_calibration_counts_need_data(cli, workdir):
+    assert_refused(
+        cli("export", "executorch", "resnet18", *SMALL, "--mode", "int8", "--calibration-steps", 4),
+        "--calibration-data",
+    )

@@ -293,6 +293,11 @@ def _calibration(values: dict[str, Any]) -> CalibrationSpec | None:
     if path is not None and values["random_calibration"]:
         raise InvalidInputError("--calibration-data and --random-calibration exclude each other")
     if path is None and not values["random_calibration"]:
+        if values["calibration_samples"] or values["calibration_steps"]:
+            raise InvalidInputError(
+                "--calibration-samples/--calibration-steps need --calibration-data "
+                "or --random-calibration"
+            )
         return None
     return CalibrationSpec(
         path=str(path) if path else None,
