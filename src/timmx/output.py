@@ -18,11 +18,13 @@ from timmx.contract import ArtifactFile
 from timmx.errors import InvalidInputError
 
 
-def check_output(path: Path, suffix: str, backend: str) -> None:
+def check_output(path: Path, suffix: str | tuple[str, ...], backend: str) -> None:
     """Refuse an output path that cannot be written, before any work is done."""
-    if path.suffix != suffix:
-        raise InvalidInputError(f"--output {path} must end with {suffix} for the {backend} backend")
-    if path.exists() and path.is_dir() != (suffix in _FOLDER_SUFFIXES):
+    allowed = (suffix,) if isinstance(suffix, str) else suffix
+    if path.suffix not in allowed:
+        ends = " or ".join(allowed)
+        raise InvalidInputError(f"--output {path} must end with {ends} for the {backend} backend")
+    if path.exists() and path.is_dir() != (path.suffix in _FOLDER_SUFFIXES):
         raise InvalidInputError(f"--output {path} exists and is of another kind: remove it first")
     parent = path.parent
     try:

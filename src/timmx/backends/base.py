@@ -64,6 +64,7 @@ class Backend(ABC):
     name: ClassVar[str]
     help: ClassVar[str]
     suffix: ClassVar[str]  # the artifact's extension, e.g. ".onnx"
+    other_suffixes: ClassVar[tuple[str, ...]] = ()  # further extensions --output may take
     toolchain: ClassVar[str]  # the image it runs in with --isolated
     requires: ClassVar[tuple[str, ...]]  # distributions that must be installed to run in-process
     install_hint: ClassVar[str]
@@ -71,6 +72,11 @@ class Backend(ABC):
     runtime_name: ClassVar[str]  # what verification runs the artifact in
     # True: the CLI adds the shared calibration flags and fills ExportJob.calibration.
     uses_calibration: ClassVar[bool] = False
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        """Every extension the artifact may have; `suffix` (the default) first."""
+        return (self.suffix, *self.other_suffixes)
 
     def parse_options(self, raw: dict[str, Any]) -> BackendOptions:
         try:

@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
             "(rerun with --debug for the traceback and report it)"
         )
         sys.exit(1)
+    if code == 130:  # typer turns Ctrl-C into Exit(130)
+        console.fail("interrupted: nothing was written")
     sys.exit(code if isinstance(code, int) else 0)
 
 

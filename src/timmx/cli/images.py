@@ -68,7 +68,7 @@ def build(
     ] = False,
 ) -> None:
     """Build the images that are missing; present ones with unchanged inputs are left alone."""
-    from timmx.images.build import build_image, find_image, pull_image
+    from timmx.images.build import build_image, effective_settings, find_image, pull_image
     from timmx.images.engine import connect
     from timmx.images.identity import identify
     from timmx.images.recipes import all_recipes, get_recipe
@@ -77,7 +77,8 @@ def build(
     recipes = [get_recipe(n) for n in names] if names else all_recipes()
     client = connect()
     for recipe in recipes:
-        identity = identify(recipe, settings)
+        chosen = effective_settings(client, recipe.name, settings)
+        identity = identify(recipe, chosen)
         found = find_image(client, identity)
         if found is not None and found.exact and not (rebuild or no_cache):
             console.err.print(f"[green]up to date[/] {identity.ref}")
@@ -86,7 +87,7 @@ def build(
         ):
             pass
         else:
-            _build_one(client, recipe, settings, identity, build_image, no_cache)
+            _build_one(client, recipe, chosen, identity, build_image, no_cache)
         if push:
             _push(client, identity)
 
@@ -110,7 +111,7 @@ def _build_one(client, recipe, settings, identity, build_image, no_cache: bool) 
         def show(line: str) -> None:
             if line.startswith("Step "):
                 state["step"] = line
-                console.err.print(f"[dim]{console.escape(line[:160])}[/]")
+                console.err.print(f"[dim]{console.escape(line[:160])}[/]", soft_wrap=True)
             elapsed = time.monotonic() - started
             status.update(f"[{elapsed:4.0f} s] {console.escape(line.strip()[:100])}")
 
@@ -167,7 +168,7 @@ def list_images(
         return
     table = Table()
     for column in ("name", "image", "size", "status", "created"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column in ("image", "size"))
     colours = {"present": "green", "missing": "yellow", "stale": "dim"}
     for r in rows:
         table.add_row(
@@ -234,7 +235,7 @@ def base(
 
         def show(line: str) -> None:
             if not line.startswith("I: "):
-                console.err.print(f"[dim]{console.escape(line)}[/]")
+                console.err.print(f"[dim]{console.escape(line)}[/]", soft_wrap=True)
             status.update(console.escape(line[:100]))
 
         build_base(client, tag, mirror, ca_bundle, show)

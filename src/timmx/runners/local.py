@@ -32,7 +32,7 @@ def check_job(job: ExportJob, workspace: Path) -> None:
     backend = get_backend(job.backend)
     options = backend.parse_options(job.options)
     backend.check(job, options)
-    check_output(workspace / job.output, backend.suffix, backend.name)
+    check_output(workspace / job.output, backend.suffixes, backend.name)
 
 
 def run_local(
@@ -44,7 +44,7 @@ def run_local(
     options = backend.parse_options(job.options)
     backend.check(job, options)
     destination = workspace / job.output
-    check_output(destination, backend.suffix, backend.name)
+    check_output(destination, backend.suffixes, backend.name)
     backend.ensure_available()
 
     from timmx.modeling import prepare

@@ -1,0 +1,75 @@
+"""Image recipes: `images/<toolchain>/` holds a Dockerfile and its lock files.
+
+A new toolchain is a new folder. Files in `images/_shared/` (the torch and timm locks, the lock
+check) join a recipe's build context when its Dockerfile names them. The recipes are found in
+$TIMMX_IMAGES_DIR, in an installed timmx (packaged as `timmx/_recipes`), or in the checkout.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from timmx.errors import InvalidInputError
+from timmx.images.source import PACKAGED_RECIPES, package_dir
+
+SHARED = "_shared"
+LOCK_SUFFIXES = (".lock", ".constraints")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    folder: Path
+    files: dict[str, Path]  # build-context name -> file, the Dockerfile included
+
+    @property
+    def lock_files(self) -> dict[str, Path]:
+        return {n: p for n, p in self.files.items() if n.endswith(LOCK_SUFFIXES)}
+
+
+def recipes_root() -> Path:
+    override = os.environ.get("TIMMX_IMAGES_DIR")
+    if override:
+        return Path(override)
+    here = package_dir()
+    for candidate in (here / PACKAGED_RECIPES, here.parent.parent / "images"):
+        if candidate.is_dir():
+            return candidate
+    raise InvalidInputError(
+        "no image recipes found: set TIMMX_IMAGES_DIR to a checkout's images/ folder"
+    )
+
+
+def all_recipes(root: Path | None = None) -> list[Recipe]:
+    root = root or recipes_root()
+    return [
+        load_recipe(folder)
+        for folder in sorted(root.iterdir())
+        if folder.is_dir()
+        and not folder.name.startswith(("_", "."))
+        and (folder / "Dockerfile").is_file()
+    ]
+
+
+def get_recipe(name: str, root: Path | None = None) -> Recipe:
+    recipes = {r.name: r for r in all_recipes(root)}
+    if name not in recipes:
+        raise InvalidInputError(
+            f"no image recipe '{name}': choose one of {', '.join(recipes) or 'none'}"
+        )
+    return recipes[name]
+
+
+def load_recipe(folder: Path) -> Recipe:
+    files = {
+        p.name: p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
+    }
+    dockerfile = (folder / "Dockerfile").read_text()
+    shared = folder.parent / SHARED
+    if shared.is_dir():
+        for path in sorted(shared.iterdir()):
+            if path.is_file() and path.name in dockerfile and path.name not in files:
+                files[path.name] = path
+    return Recipe(name=folder.name, folder=folder, files=dict(sorted(files.items())))

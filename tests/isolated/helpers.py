@@ -1,0 +1,54 @@
+"""Helpers for the isolated tests: run the CLI as a subprocess, find its export container."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RUN_LABEL = "ai.timmx.run"
+TIMMX = [sys.executable, "-m", "timmx"]
+
+
+# Processes whose export containers the tests own: this one (in-process CLI) and those spawned.
+# Containers are labelled with their CLI's pid, so a concurrent run elsewhere is never counted.
+OWNERS: set[int] = {os.getpid()}
+
+
+def run_containers(client) -> list:
+    """This test session's export containers, running or not."""
+    found = client.containers.list(all=True, filters={"label": RUN_LABEL})
+    return [c for c in found if c.labels.get(RUN_LABEL) in {str(p) for p in OWNERS}]
+
+
+def wait_for_container(client, proc: subprocess.Popen, timeout_s: float = 120):
+    """The export container a running `timmx export --isolated` started."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = client.containers.list(filters={"label": f"{RUN_LABEL}={proc.pid}"})
+        if found:
+            return found[0]
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"the export ended first:\n{proc.stderr.read() if proc.stderr else ''}"
+            )
+        time.sleep(0.05)
+    raise AssertionError("no export container appeared")
+
+
+def spawn(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*TIMMX, *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def only_artifacts(folder: Path) -> list[str]:
+    """Every entry in `folder`, hidden staging folders included."""
+    return sorted(p.name for p in folder.iterdir())

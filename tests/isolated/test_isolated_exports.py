@@ -1,0 +1,101 @@
+"""Isolated exports: verified in the image, numerically the same as in-process exports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import assert_matches, reference_model
+from tests.isolated.helpers import TIMMX
+
+pytestmark = pytest.mark.isolated
+
+SIZE = ("--input-size", "3", "64", "64")
+CASES = [
+    ("onnx", ".onnx", "onnx"),
+    ("torch-export", ".pt2", "torch"),
+    ("torchscript", ".pt", "torch"),
+]
+
+
+def _outputs(path: Path, x):
+    import numpy as np
+    import torch
+
+    if path.suffix == ".onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return session.run(None, {name: x.numpy().astype(np.float32)})[0]
+    module = torch.export.load(path).module() if path.suffix == ".pt2" else torch.jit.load(path)
+    with torch.no_grad():
+        return module(x).numpy()
+
+
+@pytest.mark.parametrize(("backend", "suffix", "toolchain"), CASES)
+def test_isolated_matches_in_process(
+    backend, suffix, toolchain, cli, workdir, make_checkpoint, images, no_leftovers
+):
+    import torch
+
+    ckpt = make_checkpoint("resnet18")
+    local = cli("export", backend, "resnet18", "-c", ckpt, *SIZE, "-o", f"local/m{suffix}")
+    assert local.code == 0, local.err
+    isolated = cli(
+        "export", backend, "resnet18", "-c", ckpt, *SIZE, "-o", f"iso/m{suffix}", "--isolated"
+    )
+    assert isolated.code == 0, isolated.err
+
+    artifact = workdir / "iso" / f"m{suffix}"
+    report = isolated.report(artifact)
+    assert report["status"] == "success"
+    assert report["environment"]["runner"] == "docker"
+    assert report["environment"]["image"].split("/")[-1].startswith(f"timmx-{toolchain}:")
+    assert report["environment"]["image_id"].startswith("sha256:")
+    assert report["verification"]["status"] == "passed"
+    assert report["job"]["model"]["checkpoint"] == str(ckpt)  # the host's paths, as in-process
+    assert report["job"]["output"] == f"iso/m{suffix}"
+    local_report = local.report(workdir / "local" / f"m{suffix}")
+    assert report["model"] == local_report["model"]
+    assert sorted(p.name for p in (workdir / "iso").iterdir()) == [f"m{suffix}", f"m{suffix}.json"]
+    assert artifact.stat().st_uid == os.getuid() and artifact.stat().st_gid == os.getgid()
+
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    ours = _outputs(artifact, x)
+    assert_matches(ours, _outputs(workdir / "local" / f"m{suffix}", x), rel=1e-5)
+    with torch.no_grad():
+        assert_matches(ours, reference_model("resnet18", ckpt)(x).numpy())
+
+
+def test_images_list_and_noop_build(images):
+    names = ["onnx", "torch"]
+    subprocess.run([*TIMMX, "images", "build", *names], capture_output=True, check=True)
+    started = time.monotonic()
+    noop = subprocess.run(
+        [*TIMMX, "images", "build", *names], capture_output=True, text=True, check=True
+    )
+    assert time.monotonic() - started < 5, "a build with unchanged inputs must not rebuild"
+    assert noop.stderr.count("up to date") == 2, noop.stderr
+
+    listed = subprocess.run(
+        [*TIMMX, "images", "list", "--json", *names], capture_output=True, text=True, check=True
+    )
+    rows = {r["name"]: r for r in json.loads(listed.stdout) if r["status"] != "stale"}
+    assert rows["onnx"]["status"] == rows["torch"]["status"] == "present"
+    assert rows["onnx"]["size"] > 0
+
+
+def test_error_inside_the_container_is_one_line(cli, workdir, images, no_leftovers):
+    bad = workdir / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    result = cli("export", "onnx", "resnet18", "-c", bad, *SIZE, "-o", "m.onnx", "--isolated")
+    assert result.code == 2
+    error = [line for line in result.err.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and str(bad) in error[0] and "in/checkpoint" not in error[0], result.err
+    assert sorted(p.name for p in workdir.iterdir()) == ["bad.pth"]
