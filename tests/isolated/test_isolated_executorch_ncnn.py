@@ -102,3 +102,17 @@ def test_ncnn_refusal_crosses_the_container(cli, workdir, ncnn_image, no_leftove
     assert result.code == 2
     assert "could not lower" in result.err
     assert sorted(p.name for p in workdir.iterdir()) == []
+
+
+def test_executorch_coreml_delegate_says_numerics_were_not_checked(
+    cli, workdir, executorch_image, no_leftovers
+):
+    result = cli(
+        "export", "executorch", "resnet18", *SIZE, "--delegate", "coreml", "-o", "c.pte",
+        "--isolated",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    verification = result.report(workdir / "c.pte")["verification"]
+    assert verification["status"] == "skipped"
+    assert "Apple" in verification["note"]
+    assert verification["details"]["delegated_subgraphs"] >= 1
