@@ -1,0 +1,1 @@
+"""Helpers of the coreml backend (timmx.backends.coreml): one module per step."""
