@@ -8,14 +8,12 @@ TIMMX_TORCH_WHEELS; a local base image made by `timmx images base` is used when 
 from __future__ import annotations
 
 import os
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.isolated.helpers import TIMMX, run_containers
+from tests.isolated.helpers import build_image, run_containers
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
@@ -54,15 +52,8 @@ def docker_client():
 @pytest.fixture(scope="session")
 def images(docker_client) -> dict[str, float]:
     """Build the onnx and torch images (no-op when present); returns each build's seconds."""
-    seconds = {}
-    for name in ("torch", "onnx"):  # torch first: onnx reuses its torch layers
-        started = time.monotonic()
-        done = subprocess.run(
-            [*TIMMX, "images", "build", name], capture_output=True, text=True, timeout=3000
-        )
-        assert done.returncode == 0, f"building {name} failed:\n{done.stderr[-3000:]}"
-        seconds[name] = time.monotonic() - started
-    return seconds
+    # torch first: onnx reuses its torch layers
+    return {name: build_image(name) for name in ("torch", "onnx")}
 
 
 @pytest.fixture

@@ -52,3 +52,13 @@ def spawn(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
 def only_artifacts(folder: Path) -> list[str]:
     """Every entry in `folder`, hidden staging folders included."""
     return sorted(p.name for p in folder.iterdir())
+
+
+def build_image(name: str) -> float:
+    """`timmx images build NAME` (a no-op when the image is present); returns its seconds."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [*TIMMX, "images", "build", name], capture_output=True, text=True, timeout=3000
+    )
+    assert done.returncode == 0, f"building {name} failed:\n{done.stderr[-3000:]}"
+    return time.monotonic() - started

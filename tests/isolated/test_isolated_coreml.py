@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import assert_matches, reference_model
-from tests.isolated.helpers import TIMMX
+from tests.isolated.helpers import build_image
 
 pytestmark = pytest.mark.isolated
 
@@ -24,13 +22,7 @@ WEIGHTS = "Data/com.apple.CoreML/weights/weight.bin"
 
 @pytest.fixture(scope="module")
 def coreml_image(docker_client) -> float:
-    """Build the coreml image (a no-op when present); returns the seconds it took."""
-    started = time.monotonic()
-    done = subprocess.run(
-        [*TIMMX, "images", "build", "coreml"], capture_output=True, text=True, timeout=3000
-    )
-    assert done.returncode == 0, f"building coreml failed:\n{done.stderr[-3000:]}"
-    return time.monotonic() - started
+    return build_image("coreml")
 
 
 def _sha256(path: Path) -> str:

@@ -2,38 +2,26 @@
 
 from __future__ import annotations
 
-import subprocess
-import time
-
 import numpy as np
 import pytest
 import torch
 
 from tests.conftest import assert_matches, reference_model
-from tests.isolated.helpers import TIMMX
+from tests.isolated.helpers import build_image
 
 pytestmark = pytest.mark.isolated
 
 SIZE = ("--input-size", "3", "32", "32")
 
 
-def _build(name: str) -> float:
-    started = time.monotonic()
-    done = subprocess.run(
-        [*TIMMX, "images", "build", name], capture_output=True, text=True, timeout=3000
-    )
-    assert done.returncode == 0, f"building {name} failed:\n{done.stderr[-3000:]}"
-    return time.monotonic() - started
-
-
 @pytest.fixture(scope="module")
 def executorch_image(docker_client) -> float:
-    return _build("executorch")
+    return build_image("executorch")
 
 
 @pytest.fixture(scope="module")
 def ncnn_image(docker_client) -> float:
-    return _build("ncnn")
+    return build_image("ncnn")
 
 
 def test_executorch_xnnpack_in_its_own_torch(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import reference_model
-from tests.isolated.helpers import TIMMX
+from tests.isolated.helpers import build_image
 
 pytestmark = pytest.mark.isolated
 
@@ -21,13 +19,7 @@ SIZE = ("--input-size", "3", "32", "32")
 
 @pytest.fixture(scope="module")
 def litert_image(docker_client) -> float:
-    """Build the litert image (a no-op when present); returns the seconds it took."""
-    started = time.monotonic()
-    done = subprocess.run(
-        [*TIMMX, "images", "build", "litert"], capture_output=True, text=True, timeout=3000
-    )
-    assert done.returncode == 0, f"building litert failed:\n{done.stderr[-3000:]}"
-    return time.monotonic() - started
+    return build_image("litert")
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:
