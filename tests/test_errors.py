@@ -164,3 +164,8 @@ def test_debug_shows_the_traceback(cli, workdir):
     result = cli("--debug", "export", "onnx", "resnet_18", *SMALL)
     assert result.code == 2
     assert "Traceback" in result.err
+
+
+def test_debug_is_per_invocation(cli, workdir):
+    assert "Traceback" in cli("--debug", "export", "onnx", "resnet_18", *SMALL).err
+    assert "Traceback" not in cli("export", "onnx", "resnet_18", *SMALL).err

@@ -103,6 +103,7 @@ _add_images()
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI: every error a user can fix is one line and exit code 2."""
+    console.set_debug(False)  # the app's callback sets it from --debug
     try:
         code = app(args=argv, standalone_mode=False)
     except TimmxError as exc:

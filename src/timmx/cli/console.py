@@ -16,7 +16,8 @@ _state = {"debug": bool(os.environ.get("TIMMX_DEBUG"))}
 
 
 def set_debug(value: bool) -> None:
-    _state["debug"] = _state["debug"] or value
+    """Set once per invocation (by the app's callback), so one run's --debug never leaks."""
+    _state["debug"] = value or bool(os.environ.get("TIMMX_DEBUG"))
 
 
 def debug_enabled() -> bool:
