@@ -165,6 +165,7 @@ def build_image(
             "TIMMX_VERSION": __version__,
             "TIMMX_REVISION": source_revision(recipe.folder),
             "TIMMX_LOCK_HASH": identity.lock_hash,
+            "TIMMX_TOOLCHAIN": recipe.name,
         }
         try:
             stream = client.api.build(

@@ -1,7 +1,10 @@
-"""Image recipes: `images/<toolchain>/` holds a Dockerfile and its lock files.
+"""Image recipes: `images/<toolchain>/` holds the toolchain's lock files.
 
-A new toolchain is a new folder. Files in `images/_shared/` (the torch and timm locks, the lock
-check) join a recipe's build context when its Dockerfile names them. The recipes are found in
+A new toolchain is a new folder with a `requirements.lock`. Every recipe builds with the one
+Dockerfile in `images/_shared/` unless its folder has its own; files in `images/_shared/` (the
+torch and timm locks, the lock check) join a recipe's build context when the Dockerfile names
+them and the recipe has no file of that name (a toolchain that needs another torch brings its
+own `torch.lock`). The recipes are found in
 $TIMMX_IMAGES_DIR, in an installed timmx (packaged as `timmx/_recipes`), or in the checkout.
 """
 
@@ -16,6 +19,7 @@ from timmx.images.source import PACKAGED_RECIPES, package_dir
 
 SHARED = "_shared"
 LOCK_SUFFIXES = (".lock", ".constraints")
+TOOLCHAIN_LOCK = "requirements.lock"
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ def all_recipes(root: Path | None = None) -> list[Recipe]:
         for folder in sorted(root.iterdir())
         if folder.is_dir()
         and not folder.name.startswith(("_", "."))
-        and (folder / "Dockerfile").is_file()
+        and ((folder / "Dockerfile").is_file() or (folder / TOOLCHAIN_LOCK).is_file())
     ]
 
 
@@ -66,8 +70,9 @@ def load_recipe(folder: Path) -> Recipe:
     files = {
         p.name: p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
     }
-    dockerfile = (folder / "Dockerfile").read_text()
     shared = folder.parent / SHARED
+    files.setdefault("Dockerfile", shared / "Dockerfile")
+    dockerfile = files["Dockerfile"].read_text()
     if shared.is_dir():
         for path in sorted(shared.iterdir()):
             if path.is_file() and path.name in dockerfile and path.name not in files:
