@@ -90,3 +90,23 @@ def test_isolated_refusal_is_one_line(cli, workdir, coreml_image, no_leftovers):
     errors = [line for line in result.err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "--half is for neuralnetwork" in errors[0], result.err
     assert sorted(p.name for p in workdir.iterdir()) == []
+
+
+def test_isolated_labels_file_is_mounted(cli, workdir, coreml_image, no_leftovers):
+    (workdir / "meta").mkdir()
+    (workdir / "meta" / "labels.txt").write_text("cat\ndog\nowl\n")
+    result = cli(
+        "export", "coreml", "resnet18", "--num-classes", 3, *SIZE, "--labels",
+        "meta/labels.txt", "-o", "l.mlpackage", "--isolated",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    report = result.report(workdir / "l.mlpackage")
+    assert report["verification"]["details"]["classifier"]["labels"] == 3
+    assert report["job"]["options"]["labels"] == "meta/labels.txt"  # the host's path
+
+    missing = cli(
+        "export", "coreml", "resnet18", "--num-classes", 3, *SIZE, "--labels", "nope.txt",
+        "-o", "m.mlpackage", "--isolated",
+    )  # fmt: skip
+    assert missing.code == 2
+    assert "--labels file not found" in missing.err

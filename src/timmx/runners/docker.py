@@ -19,7 +19,7 @@ from collections.abc import Callable
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from timmx.backends import get_backend
 from timmx.contract import ExportJob, ExportResult, parse_result
@@ -207,31 +207,34 @@ class DockerRunner:
 def _stage(job: ExportJob, workspace: Path, staging: Path, artifact_name: str) -> _Mounts:
     """Write job.json into `staging` with /job-relative paths; collect the read-only inputs."""
     mounts = _Mounts(job=job)
-    model_update: dict[str, Any] = {}
+    update: dict[str, Any] = {"output": f"out/{artifact_name}"}
+    mounts.renames[f"out/{artifact_name}"] = str(workspace / job.output)
     if job.model.checkpoint:
         host = (workspace / job.model.checkpoint).resolve()
         if not host.exists():
             raise CheckpointError(f"checkpoint not found: {workspace / job.model.checkpoint}")
         if not host.is_file():
             raise CheckpointError(f"checkpoint is not a file: {workspace / job.model.checkpoint}")
-        inside = f"in/checkpoint/{host.name}"
-        mounts.binds.append((host, f"{JOB_DIR}/{inside}", True))
-        mounts.renames[inside] = str(workspace / job.model.checkpoint)
-        model_update["checkpoint"] = inside
-    update: dict[str, Any] = {"output": f"out/{artifact_name}"}
-    mounts.renames[f"out/{artifact_name}"] = str(workspace / job.output)
-    if model_update:
-        update["model"] = job.model.model_copy(update=model_update)
+        inside = _mount_input(mounts, workspace, job.model.checkpoint, "checkpoint")
+        update["model"] = job.model.model_copy(update={"checkpoint": inside})
     if job.calibration is not None and job.calibration.path:
-        host = (workspace / job.calibration.path).resolve()
-        if not host.exists():
+        if not (workspace / job.calibration.path).exists():
             raise InvalidInputError(
                 f"calibration data not found: {workspace / job.calibration.path}"
             )
-        inside = f"in/calibration/{host.name}"
-        mounts.binds.append((host, f"{JOB_DIR}/{inside}", True))
-        mounts.renames[inside] = str(workspace / job.calibration.path)
+        inside = _mount_input(mounts, workspace, job.calibration.path, "calibration")
         update["calibration"] = job.calibration.model_copy(update={"path": inside})
+    file_options = {}
+    for name in _path_options(job.backend):
+        value = job.options.get(name)
+        if value is None:
+            continue
+        if not (workspace / value).exists():
+            flag = "--" + name.replace("_", "-")
+            raise InvalidInputError(f"{flag} file not found: {workspace / value}")
+        file_options[name] = _mount_input(mounts, workspace, value, f"option-{name}")
+    if file_options:
+        update["options"] = {**job.options, **file_options}
     if job.model.pretrained:
         _mount_caches(mounts)
     rewritten = job.model_copy(update=update)
@@ -239,6 +242,25 @@ def _stage(job: ExportJob, workspace: Path, staging: Path, artifact_name: str) -
     write_text_atomic(staging / "job.json", rewritten.model_dump_json(indent=2) + "\n")
     mounts.job = rewritten
     return mounts
+
+
+def _mount_input(mounts: _Mounts, workspace: Path, relative: str, slot: str) -> str:
+    """Mount one host file or folder read-only under /job/in/SLOT; return its job path."""
+    host = (workspace / relative).resolve()
+    inside = f"in/{slot}/{host.name}"
+    mounts.binds.append((host, f"{JOB_DIR}/{inside}", True))
+    mounts.renames[inside] = str(workspace / relative)
+    return inside
+
+
+def _path_options(backend_name: str) -> list[str]:
+    """The backend's options that name input files (typed Path): they are mounted too."""
+    fields = get_backend(backend_name).Options.model_fields
+    return [
+        name
+        for name, info in fields.items()
+        if info.annotation is Path or Path in get_args(info.annotation)
+    ]
 
 
 def _mount_caches(mounts: _Mounts) -> None:
