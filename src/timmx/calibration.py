@@ -9,7 +9,6 @@ is one `InvalidInputError` line that names the shape the model expects.
 
 from __future__ import annotations
 
-import math
 import pickle
 import warnings
 from collections.abc import Callable
@@ -256,14 +255,16 @@ def image_transform(model: nn.Module, target: Target):
     it is baked into the graph (the model then takes [0, 1] pixels)."""
     from timm.data import create_transform, resolve_data_config
 
+    from timmx.modeling import fit_channels
+
     config = resolve_data_config({}, model=model)
     config["input_size"] = target.size
     chans = target.size[0]
     if target.pixels:  # timm's normalize=False keeps 0..255 integers: normalise by (0, 1)
         config["mean"], config["std"] = (0.0,) * chans, (1.0,) * chans
     else:
-        config["mean"] = _fit_channels(config["mean"], chans)
-        config["std"] = _fit_channels(config["std"], chans)
+        config["mean"] = fit_channels(config["mean"], chans)
+        config["std"] = fit_channels(config["std"], chans)
     return create_transform(**config, is_training=False)
 
 
@@ -287,11 +288,3 @@ def to_batches(data: torch.Tensor, spec: CalibrationSpec, target: Target, warn: 
         warn(f"--calibration-steps {spec.steps} but the data fills {count}: calibrating on {count}")
     steps = min(count, spec.steps or count)
     return [data[i * batch : (i + 1) * batch] for i in range(steps)]
-
-
-def _fit_channels(values, chans: int) -> tuple[float, ...]:
-    values = tuple(float(v) for v in values)
-    if len(values) == chans:
-        return values
-    mean = math.fsum(values) / len(values)
-    return (mean,) * chans

@@ -101,8 +101,8 @@ def prepare(job: ExportJob, workspace: Path) -> PreparedModel:
             f"or --in-chans {size[0]}"
         )
     pre = job.preprocess
-    mean = tuple(pre.mean) if pre.mean else _fit_channels(config["mean"], model_chans)
-    std = tuple(pre.std) if pre.std else _fit_channels(config["std"], model_chans)
+    mean = tuple(pre.mean) if pre.mean else fit_channels(config["mean"], model_chans)
+    std = tuple(pre.std) if pre.std else fit_channels(config["std"], model_chans)
     for label, values in (("--mean", mean), ("--std", std)):
         if len(values) != model_chans:
             raise InvalidInputError(
@@ -158,7 +158,7 @@ def has_reparam(model: nn.Module) -> bool:
     )
 
 
-def _fit_channels(values: tuple[float, ...], chans: int) -> tuple[float, ...]:
+def fit_channels(values: tuple[float, ...], chans: int) -> tuple[float, ...]:
     values = tuple(float(v) for v in values)
     if len(values) == chans:
         return values

@@ -125,3 +125,24 @@ class Backend(ABC):
         if not job.input.dynamic_batch:
             return [batch]
         return [batch, 1 if batch > 1 else 3]
+
+
+MAX_DYNAMIC_BATCH = 4096
+
+
+def require_batch_of_two(job: ExportJob, backend: str) -> None:
+    """torch.export specialises a size-1 dimension, so a dynamic batch needs an example of 2."""
+    if job.input.dynamic_batch and job.input.batch_size < 2:
+        raise InvalidInputError(
+            f"{backend} with --dynamic-batch needs an example batch of at least 2 "
+            "(torch.export specialises a batch of 1): add --batch-size 2"
+        )
+
+
+def dynamic_batch_shapes(job: ExportJob) -> tuple[dict[int, Any], ...] | None:
+    """torch.export's dynamic_shapes for the one image input, or None for a fixed batch."""
+    if not job.input.dynamic_batch:
+        return None
+    import torch
+
+    return ({0: torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)},)

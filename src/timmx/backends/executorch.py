@@ -20,6 +20,8 @@ from timmx.backends.base import (
     ExportContext,
     Runtime,
     Tolerance,
+    dynamic_batch_shapes,
+    require_batch_of_two,
 )
 from timmx.contract import ExportJob
 from timmx.errors import InvalidInputError
@@ -53,11 +55,7 @@ class ExecuTorchBackend(Backend):
     uses_calibration = True
 
     def check(self, job: ExportJob, options: ExecuTorchOptions) -> None:
-        if job.input.dynamic_batch and job.input.batch_size < 2:
-            raise InvalidInputError(
-                "executorch with --dynamic-batch needs an example batch of at least 2 "
-                "(torch.export specialises a batch of 1): add --batch-size 2"
-            )
+        require_batch_of_two(job, self.name)
         if options.mode == "int8" and options.delegate != "xnnpack":
             raise InvalidInputError("--mode int8 runs on the xnnpack delegate: drop --delegate")
         if options.mode == "fp32" and job.calibration is not None:
@@ -75,9 +73,7 @@ class ExecuTorchBackend(Backend):
         import torch
 
         model, example = ctx.model.cpu(), ctx.example_input.cpu()
-        dynamic_shapes = None
-        if ctx.job.input.dynamic_batch:
-            dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},)
+        dynamic_shapes = dynamic_batch_shapes(ctx.job)
         if options.mode == "int8":
             model = _quantize(ctx, model, example, dynamic_shapes)
         program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)

@@ -8,7 +8,13 @@ from typing import Literal
 from pydantic import Field
 
 from timmx.backends import register
-from timmx.backends.base import Backend, BackendOptions, ExportContext, Runtime
+from timmx.backends.base import (
+    Backend,
+    BackendOptions,
+    ExportContext,
+    Runtime,
+    dynamic_batch_shapes,
+)
 
 # Protobuf cannot hold a single file over 2 GB; bigger models keep weights in a side file.
 _EXTERNAL_DATA_BYTES = 1_800_000_000
@@ -45,7 +51,7 @@ class OnnxBackend(Backend):
             if dynamic:
                 # torch.export specialises a size-1 dimension: trace with a batch of 2.
                 x = x.repeat(2, 1, 1, 1) if x.shape[0] == 1 else x
-                kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=4096)},)
+                kwargs["dynamic_shapes"] = dynamic_batch_shapes(ctx.job)
             program = torch.onnx.export(
                 model, (x,), dynamo=True, optimize=True, verbose=False, **kwargs
             )

@@ -7,9 +7,15 @@ from pathlib import Path
 from pydantic import Field
 
 from timmx.backends import register
-from timmx.backends.base import Backend, BackendOptions, ExportContext, Runtime
+from timmx.backends.base import (
+    Backend,
+    BackendOptions,
+    ExportContext,
+    Runtime,
+    dynamic_batch_shapes,
+    require_batch_of_two,
+)
 from timmx.contract import ExportJob
-from timmx.errors import InvalidInputError
 
 
 class TorchExportOptions(BackendOptions):
@@ -28,20 +34,16 @@ class TorchExportBackend(Backend):
     runtime_name = "torch.export.load"
 
     def check(self, job: ExportJob, options: TorchExportOptions) -> None:
-        if job.input.dynamic_batch and job.input.batch_size < 2:
-            raise InvalidInputError(
-                "torch-export with --dynamic-batch needs an example batch of at least 2 "
-                "(torch.export specialises a batch of 1): add --batch-size 2"
-            )
+        require_batch_of_two(job, self.name)
 
     def export(self, ctx: ExportContext, options: TorchExportOptions) -> list[Path]:
         import torch
 
-        dynamic_shapes = None
-        if ctx.job.input.dynamic_batch:
-            dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},)
         program = torch.export.export(
-            ctx.model, (ctx.example_input,), dynamic_shapes=dynamic_shapes, strict=options.strict
+            ctx.model,
+            (ctx.example_input,),
+            dynamic_shapes=dynamic_batch_shapes(ctx.job),
+            strict=options.strict,
         )
         torch.export.save(program, ctx.artifact)
         return [ctx.artifact]

@@ -34,8 +34,8 @@ from timmx.errors import (
 from timmx.images.build import ensure_image
 from timmx.images.engine import connect
 from timmx.images.identity import BuildSettings
-from timmx.output import check_output, describe_files, publish, staging_folder, write_text_atomic
-from timmx.runners.local import save_report
+from timmx.output import describe_files, publish, staging_folder, write_text_atomic
+from timmx.runners.local import check_job, save_report
 
 Progress = Callable[[str], None]
 
@@ -75,11 +75,8 @@ class DockerRunner:
 
     def run(self, job: ExportJob, workspace: Path, progress: Progress = _quiet) -> ExportResult:
         """Export `job` in a container; return the result or raise a one-line TimmxError."""
-        backend = get_backend(job.backend)
-        options = backend.parse_options(job.options)
-        backend.check(job, options)
+        backend, _ = check_job(job, workspace)
         destination = workspace / job.output
-        check_output(destination, backend.suffixes, backend.name)
         if self.timeout_s < 1:
             raise InvalidInputError(f"--timeout must be at least 1 second, got {self.timeout_s}")
         settings = self.settings or BuildSettings.resolve()

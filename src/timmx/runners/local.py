@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from timmx.backends import get_backend
-from timmx.backends.base import ExportContext
+from timmx.backends.base import Backend, BackendOptions, ExportContext
 from timmx.contract import ExportJob, ExportResult, Verification
 from timmx.environment import describe
 from timmx.errors import ExportFailedError, TimmxError, VerificationError, first_line
@@ -27,12 +28,24 @@ def _quiet(_: str) -> None:
     pass
 
 
-def check_job(job: ExportJob, workspace: Path) -> None:
+def check_job(job: ExportJob, workspace: Path) -> tuple[Backend, BackendOptions]:
     """Everything that can be refused without torch: backend, options, output path."""
     backend = get_backend(job.backend)
     options = backend.parse_options(job.options)
     backend.check(job, options)
     check_output(workspace / job.output, backend.suffixes, backend.name)
+    return backend, options
+
+
+@contextmanager
+def _fails_as(what: str) -> Iterator[None]:
+    """Let a TimmxError through; turn any other failure into one ExportFailedError line."""
+    try:
+        yield
+    except TimmxError:
+        raise
+    except Exception as exc:
+        raise ExportFailedError(f"{what}: {first_line(exc)}") from exc
 
 
 def run_local(
@@ -40,11 +53,8 @@ def run_local(
 ) -> ExportResult:
     """Export `job`; return the result, or raise a TimmxError with nothing left behind."""
     started = time.perf_counter()
-    backend = get_backend(job.backend)
-    options = backend.parse_options(job.options)
-    backend.check(job, options)
+    backend, options = check_job(job, workspace)
     destination = workspace / job.output
-    check_output(destination, backend.suffixes, backend.name)
     backend.ensure_available()
 
     from timmx.modeling import prepare
@@ -66,14 +76,8 @@ def run_local(
         )
         progress(f"Exporting to {backend.name}")
         tick = time.perf_counter()
-        try:
+        with _fails_as(f"{backend.name} export of {job.model.name} failed"):
             staged = backend.export(ctx, options)
-        except TimmxError:
-            raise
-        except Exception as exc:
-            raise ExportFailedError(
-                f"{backend.name} export of {job.model.name} failed: {first_line(exc)}"
-            ) from exc
         timings["export_s"] = time.perf_counter() - tick
 
         verification = Verification(status="skipped", note="--no-verify", details=ctx.details)
@@ -105,21 +109,10 @@ def run_local(
 def _verify(backend, options, ctx: ExportContext, prepared, artifact: Path) -> Verification:
     from timmx.verification import verify
 
-    try:
+    with _fails_as(f"the {backend.name} artifact does not load in {backend.runtime_name}"):
         runtime = backend.load_runtime(artifact, options)
-    except Exception as exc:
-        raise ExportFailedError(
-            f"the {backend.name} artifact does not load in {backend.runtime_name}: "
-            f"{first_line(exc)}"
-        ) from exc
-    try:
+    with _fails_as(f"the {backend.name} artifact could not be inspected"):
         details = {**ctx.details, **backend.inspect_artifact(artifact, options)}
-    except TimmxError:
-        raise
-    except Exception as exc:
-        raise ExportFailedError(
-            f"the {backend.name} artifact could not be inspected: {first_line(exc)}"
-        ) from exc
     note = details.pop("note", None)
     if runtime is None:
         return Verification(
@@ -127,7 +120,7 @@ def _verify(backend, options, ctx: ExportContext, prepared, artifact: Path) -> V
             note=note or f"no {backend.name} runtime runs on this platform: numerics not checked",
             details=details,
         )
-    try:
+    with _fails_as(f"the {backend.name} artifact failed to run in {backend.runtime_name}"):
         verification = verify(
             ctx.job,
             prepared.module,
@@ -137,13 +130,6 @@ def _verify(backend, options, ctx: ExportContext, prepared, artifact: Path) -> V
             backend.verify_batch_sizes(ctx.job),
             backend.tolerance(options),
         )
-    except TimmxError:
-        raise
-    except Exception as exc:
-        raise ExportFailedError(
-            f"the {backend.name} artifact failed to run in {backend.runtime_name}: "
-            f"{first_line(exc)}"
-        ) from exc
     return verification.model_copy(update={"note": note, "details": details})
 
 
