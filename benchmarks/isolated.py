@@ -86,8 +86,8 @@ def source_only_rebuild(repo_images: Path) -> float:
 
 def image_sizes(names: list[str]) -> dict[str, float]:
     """GB per image, and the bytes their layers take once (shared layers counted once)."""
-    from timmx.images.build import effective_settings, find_image
     from timmx.images.engine import connect
+    from timmx.images.find import effective_settings, find_image
     from timmx.images.identity import BuildSettings, identify
     from timmx.images.recipes import get_recipe
 

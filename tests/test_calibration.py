@@ -151,6 +151,12 @@ def test_bad_flag_combinations_are_refused_first(cli, workdir, monkeypatch, flag
 TARGET = Target(size=(3, 32, 32), batch_size=2, pixels=False)
 
 
+def data_config(model) -> dict:
+    from timm.data import resolve_data_config
+
+    return resolve_data_config({}, model=model)
+
+
 def collect() -> tuple[list[str], object]:
     found: list[str] = []
     return found, found.append
@@ -174,7 +180,7 @@ def test_tensor_file_is_read_as_float32_and_capped(tmp_path, monkeypatch):
     monkeypatch.setattr(calibration, "DEFAULT_MAX_SAMPLES", 4)
     save(tmp_path / "c.pt", torch.randn(6, 3, 32, 32, dtype=torch.float64))
     warnings, warn = collect()
-    data = load_samples("c.pt", tmp_path, torch.nn.Identity(), TARGET, None, warn)
+    data = load_samples("c.pt", tmp_path, {}, TARGET, None, warn)
     assert data.dtype == torch.float32 and data.shape == (4, 3, 32, 32)
     assert any("first 4 of the 6" in w for w in warnings)
 
@@ -188,7 +194,7 @@ def test_code_in_a_calibration_pickle_is_refused(tmp_path):
 
     save(tmp_path / "c.pt", {"x": RunsCode()})
     with pytest.raises(InvalidInputError, match="refused"):
-        load_samples("c.pt", tmp_path, torch.nn.Identity(), TARGET, None, print)
+        load_samples("c.pt", tmp_path, {}, TARGET, None, print)
     assert not (tmp_path / "pwned").exists()
 
 
@@ -199,7 +205,7 @@ def test_image_folder_uses_the_models_data_config(tmp_path, pixels):
     model = timm.create_model("resnet18", pretrained=False, num_classes=3)
     write_images(tmp_path / "imgs", 5, size=(50, 40))
     target = Target(size=(3, 32, 32), batch_size=1, pixels=pixels)
-    data = load_samples("imgs", tmp_path, model, target, 4, print)
+    data = load_samples("imgs", tmp_path, data_config(model), target, 4, print)
     assert data.shape == (4, 3, 32, 32) and data.dtype == torch.float32
     if pixels:  # normalisation is in the graph: [0, 1] pixels
         assert float(data.min()) >= 0.0 and float(data.max()) <= 1.0
@@ -215,7 +221,12 @@ def test_grayscale_model_reads_images_as_one_channel(tmp_path):
     model = timm.create_model("resnet18", pretrained=False, in_chans=1, num_classes=3)
     write_images(tmp_path / "imgs", 2, mode="L")
     target = Target(size=(1, 24, 24), batch_size=1, pixels=False)
-    assert load_samples("imgs", tmp_path, model, target, None, print).shape == (2, 1, 24, 24)
+    assert load_samples("imgs", tmp_path, data_config(model), target, None, print).shape == (
+        2,
+        1,
+        24,
+        24,
+    )
 
 
 def test_random_samples_are_seeded_and_follow_the_input_range():

@@ -179,12 +179,14 @@ def test_int8_io_nhwc_from_an_image_folder(cli, workdir, make_checkpoint):
     assert source["scale"] > 0 and target["scale"] > 0
 
     from PIL import Image
+    from timm.data import resolve_data_config
 
     from timmx.calibration import Target, image_transform
 
     model = reference_model("resnet18", ckpt, num_classes=10)
     # The same preprocessing the calibration used: ImageNet mean/std, the export's size.
-    transform = image_transform(model, Target(size=(3, SIZE, SIZE), batch_size=1, pixels=False))
+    config = resolve_data_config({}, model=model)
+    transform = image_transform(config, Target(size=(3, SIZE, SIZE), batch_size=1, pixels=False))
 
     images = sorted((workdir / "images").rglob("*.png"))
     x = torch.stack([transform(Image.open(p).convert("RGB")) for p in images])

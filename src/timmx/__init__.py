@@ -1,10 +1,45 @@
-"""timmx: export timm image models to deployment formats, verified against PyTorch."""
+"""timmx: export timm image models to deployment formats, verified against PyTorch.
 
-from importlib.metadata import PackageNotFoundError, version
+    from timmx import export
+    result = export("onnx", "resnet18", checkpoint="ft.pth", num_classes=10, output="m.onnx")
 
-try:
-    __version__ = version("timmx")
-except PackageNotFoundError:  # running from a source tree without an install
-    __version__ = "0.0.0+source"
+`export`, `export_model` and `backends` are loaded on first use, so `import timmx` imports
+neither torch nor any backend.
+"""
 
-__all__ = ["__version__"]
+from typing import Any
+
+from timmx.errors import ConfigurationError, ExportError, TimmxError
+
+__all__ = [
+    "ConfigurationError",
+    "ExportError",
+    "TimmxError",
+    "__version__",
+    "backends",
+    "export",
+    "export_model",
+]
+
+_API = ("export", "export_model")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":  # read on first use: importlib.metadata costs start-up time
+        global __version__
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            __version__ = version("timmx")
+        except PackageNotFoundError:  # running from a source tree without an install
+            __version__ = "0.0.0+source"
+        return __version__
+    if name in _API:
+        from timmx import api
+
+        return getattr(api, name)
+    if name == "backends":  # the subpackage, callable: `timmx.backends()` lists the names
+        import importlib
+
+        return importlib.import_module("timmx.backends")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

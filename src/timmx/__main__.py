@@ -1,3 +1,3 @@
-from timmx.cli.app import main
+from timmx.cli.app import run
 
-main()
+run()

@@ -1,10 +1,11 @@
 """Calibration inputs for static quantization, shared by the backends that quantize.
 
-`calibration_batches(ctx)` turns `ExportJob.calibration` into NCHW float32 batches of the export's
-batch size: from a torch-saved (N, C, H, W) tensor, from a folder of images preprocessed with the
-model's own timm data config, or (an explicit opt-in, with a warning) from random inputs drawn
-like the verification inputs. Everything is validated before any conversion starts; a bad input
-is one `InvalidInputError` line that names the shape the model expects.
+`calibration_batches(...)` turns an `ExportJob.calibration` into NCHW float32 batches of the
+export's batch size: from a torch-saved (N, C, H, W) tensor, from a folder of images
+preprocessed with the model's timm data config, or (an explicit opt-in, with a warning) from
+random inputs drawn like the verification inputs. Everything is validated before any
+conversion starts; a bad input is one `InvalidInputError` line that names the shape the model
+expects.
 """
 
 from __future__ import annotations
@@ -14,15 +15,13 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from timmx.errors import InvalidInputError, first_line
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
-    from timmx.backends.base import ExportContext
     from timmx.contract import CalibrationSpec
 
 # Without --calibration-samples or --calibration-steps, at most this many samples are used.
@@ -49,31 +48,33 @@ class Target:
         return f"an (N, {c}, {h}, {w}) float32 tensor {what}"
 
 
-def calibration_batches(ctx: ExportContext) -> list[torch.Tensor]:
-    """The calibration batches for `ctx`, validated; NCHW float32 on the CPU."""
-    spec = ctx.job.calibration
+def calibration_batches(
+    spec: CalibrationSpec | None,
+    workspace: Path,
+    target: Target,
+    data_config: dict[str, Any],
+    warn: Warn,
+) -> list[torch.Tensor]:
+    """The calibration batches `spec` asks for, validated; NCHW float32 on the CPU.
+
+    `data_config` is timm's resolved data config of the model: an image folder is preprocessed
+    with it. Paths in `spec` are relative to `workspace`."""
     if spec is None:
         raise InvalidInputError(
             "calibration data is needed: pass --calibration-data PATH (a tensor or an image "
             "folder), or --random-calibration to try it on noise"
         )
-    target = Target(
-        size=tuple(int(d) for d in ctx.example_input.shape[1:]),  # type: ignore[arg-type]
-        batch_size=int(ctx.example_input.shape[0]),
-        pixels=bool(getattr(ctx.model, "normalize", False)),
-    )
-    model = getattr(ctx.model, "model", ctx.model)  # the timm model inside the ExportWrapper
     limit = sample_limit(spec, target.batch_size)
     if spec.random:
-        ctx.warn(
+        warn(
             "calibrated on random inputs (--random-calibration): the int8 ranges fit noise, "
             "not your data; not for production, pass --calibration-data"
         )
         data = random_samples(target, limit or DEFAULT_RANDOM_STEPS * target.batch_size)
     else:
         assert spec.path is not None
-        data = load_samples(spec.path, ctx.workspace, model, target, limit, ctx.warn)
-    return to_batches(data, spec, target, ctx.warn)
+        data = load_samples(spec.path, workspace, data_config, target, limit, warn)
+    return to_batches(data, spec, target, warn)
 
 
 def sample_limit(spec: CalibrationSpec, batch_size: int) -> int | None:
@@ -95,7 +96,12 @@ def random_samples(target: Target, count: int) -> torch.Tensor:
 
 
 def load_samples(
-    path: str, workspace: Path, model: nn.Module, target: Target, limit: int | None, warn: Warn
+    path: str,
+    workspace: Path,
+    data_config: dict[str, Any],
+    target: Target,
+    limit: int | None,
+    warn: Warn,
 ) -> torch.Tensor:
     """A tensor file or an image folder as one validated (N, C, H, W) float32 tensor."""
     full = workspace / path
@@ -106,7 +112,7 @@ def load_samples(
         )
     cap = limit or DEFAULT_MAX_SAMPLES
     if full.is_dir():
-        data = load_image_folder(full, path, model, target, cap, warn)
+        data = load_image_folder(full, path, data_config, target, cap, warn)
         check_values(data, path, target, warn)
         return data
     data = load_tensor(full, path, target)
@@ -207,7 +213,7 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def load_image_folder(
-    folder: Path, path: str, model: nn.Module, target: Target, cap: int, warn: Warn
+    folder: Path, path: str, data_config: dict[str, Any], target: Target, cap: int, warn: Warn
 ) -> torch.Tensor:
     import torch
     from PIL import Image, UnidentifiedImageError
@@ -231,7 +237,7 @@ def load_image_folder(
                 "set --calibration-samples to use more"
             )
         files = files[:cap]
-    transform = image_transform(model, target)
+    transform = image_transform(data_config, target)
     samples = []
     for file in files:
         name = f"{path.rstrip('/')}/{file.relative_to(folder)}"
@@ -250,14 +256,14 @@ def load_image_folder(
     return data
 
 
-def image_transform(model: nn.Module, target: Target):
-    """timm's eval transform for this model at the export's input size; no normalisation when
-    it is baked into the graph (the model then takes [0, 1] pixels)."""
-    from timm.data import create_transform, resolve_data_config
+def image_transform(data_config: dict[str, Any], target: Target):
+    """timm's eval transform for the model's data config at the export's input size; no
+    normalisation when it is baked into the graph (the model then takes [0, 1] pixels)."""
+    from timm.data import create_transform
 
     from timmx.modeling import fit_channels
 
-    config = resolve_data_config({}, model=model)
+    config = dict(data_config)
     config["input_size"] = target.size
     chans = target.size[0]
     if target.pixels:  # timm's normalize=False keeps 0..255 integers: normalise by (0, 1)

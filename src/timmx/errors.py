@@ -19,6 +19,17 @@ class InvalidInputError(TimmxError):
     kind = "invalid_input"
 
 
+# Upstream timmx's name for it: scripts that catch `timmx.ConfigurationError` keep working.
+ConfigurationError = InvalidInputError
+
+
+class ExportError(TimmxError):
+    """An export that failed after its options were accepted (upstream timmx's name): the
+    converter failed, or the artifact did not match PyTorch."""
+
+    kind = "export"
+
+
 class ModelError(TimmxError):
     """The model cannot be created, or a checkpoint does not fit it."""
 
@@ -31,13 +42,13 @@ class CheckpointError(TimmxError):
     kind = "checkpoint"
 
 
-class ExportFailedError(TimmxError):
+class ExportFailedError(ExportError):
     """The backend's converter failed on this model."""
 
     kind = "export_failed"
 
 
-class VerificationError(TimmxError):
+class VerificationError(ExportError):
     """The artifact's outputs differ from PyTorch's beyond the tolerance."""
 
     kind = "verification"
@@ -66,6 +77,7 @@ ERROR_KINDS: dict[str, type[TimmxError]] = {
     for cls in (
         TimmxError,
         InvalidInputError,
+        ExportError,
         ModelError,
         CheckpointError,
         ExportFailedError,

@@ -44,9 +44,12 @@ class ExportWrapper(nn.Module):
 
 @dataclass
 class PreparedModel:
-    module: nn.Module
+    module: nn.Module  # the ExportWrapper: what gets exported
+    timm_model: nn.Module  # the timm model inside it
     example_input: torch.Tensor
+    example_output: torch.Tensor  # module(example_input): the first verification reference
     summary: ModelSummary
+    data_config: dict
 
 
 def check_model_name(name: str) -> None:
@@ -135,8 +138,22 @@ def prepare(job: ExportJob, workspace: Path) -> PreparedModel:
         std=std,
         num_classes=int(out.shape[-1]) if out.ndim >= 1 else 0,
         reparameterized=reparameterized,
+        license=_license(model),
     )
-    return PreparedModel(module=module, example_input=example, summary=summary)
+    return PreparedModel(
+        module=module,
+        timm_model=model,
+        example_input=example,
+        example_output=out,
+        summary=summary,
+        data_config=dict(config),
+    )
+
+
+def _license(model: nn.Module) -> str | None:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    value = cfg.get("license") if isinstance(cfg, dict) else None
+    return str(value) if value else None
 
 
 def make_input(

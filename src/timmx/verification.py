@@ -10,9 +10,18 @@ from timmx.backends.base import Runtime, Tolerance
 from timmx.contract import Verification, VerificationCheck
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from timmx.contract import ExportJob
+
+
+def effective_tolerance(tolerance: Tolerance, job: ExportJob) -> Tolerance:
+    """The backend's tolerance for its precision, with the job's --atol/--rtol overrides."""
+    from dataclasses import replace
+
+    overrides = {"atol": job.verify.atol, "rtol": job.verify.rtol}
+    return replace(tolerance, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def compare(
@@ -52,17 +61,25 @@ def verify(
     input_size: tuple[int, ...],
     batch_sizes: list[int],
     tolerance: Tolerance,
+    known: dict[tuple[int, int], torch.Tensor] | None = None,
 ) -> Verification:
+    """Run the artifact and `module` on seeded inputs, one check per batch size. `known` holds
+    outputs of `module` already computed, by (seed, batch): they are not computed again."""
     import torch
 
     from timmx.modeling import make_input
 
     device = next(iter(module.buffers()), next(module.parameters())).device
+    known = known or {}
     checks = []
     for i, batch in enumerate(batch_sizes):
-        x = make_input(job, input_size, seed=job.verify.seed + i, batch=batch)
-        with torch.inference_mode():
-            reference = module(x.to(device)).float().cpu().numpy()
+        seed = job.verify.seed + i
+        x = make_input(job, input_size, seed=seed, batch=batch)
+        reference_out = known.get((seed, batch))
+        if reference_out is None:
+            with torch.inference_mode():
+                reference_out = module(x.to(device))
+        reference = reference_out.float().cpu().numpy()
         actual = runtime(x.numpy())
         checks.append(compare(reference, actual, tolerance, batch))
     return Verification(

@@ -18,7 +18,9 @@ from timmx.images.base import debian_mirror
 from timmx.images.identity import BuildSettings, identify
 from timmx.images.recipes import all_recipes, get_recipe, load_recipe
 from timmx.images.source import source_hash, write_wheel
-from timmx.runners.docker import DockerRunner, _read_result, _stage, _staged_artifacts
+from timmx.runners.container_job import stage_job
+from timmx.runners.container_result import read_result, staged_artifacts
+from timmx.runners.docker import DockerRunner
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -125,7 +127,7 @@ def test_staging_rewrites_paths_under_job(tmp_path: Path):
     job = _job(checkpoint="ckpt/w.pth")
     staging = tmp_path / "staging"
     staging.mkdir()
-    mounts = _stage(job, tmp_path, staging, "m.onnx")
+    mounts = stage_job(job, tmp_path, staging, "m.onnx")
     written = json.loads((staging / "job.json").read_text())
     assert written["output"] == "out/m.onnx"
     assert written["model"]["checkpoint"] == "in/checkpoint/w.pth"
@@ -134,14 +136,14 @@ def test_staging_rewrites_paths_under_job(tmp_path: Path):
     ]
     assert (staging / "out").is_dir() and (staging / "out").stat().st_uid == os.getuid()
     with pytest.raises(CheckpointError, match="checkpoint not found"):
-        _stage(_job(checkpoint="missing.pth"), tmp_path, tmp_path / "s2", "m.onnx")
+        stage_job(_job(checkpoint="missing.pth"), tmp_path, tmp_path / "s2", "m.onnx")
 
 
 def test_container_options_are_hardened(tmp_path: Path):
-    from timmx.runners.docker import _Mounts
+    from timmx.runners.container_job import Mounts
 
     runner = DockerRunner(memory="3g", timeout_s=60, pids_limit=256)
-    options = runner.container_options("img:tag", _Mounts(job=_job()), tmp_path)
+    options = runner.container_options("img:tag", Mounts(job=_job()), tmp_path)
     assert options["user"] == f"{os.getuid()}:{os.getgid()}"
     assert options["network_mode"] == "none"
     assert options["read_only"] is True
@@ -157,10 +159,10 @@ def test_result_of_another_schema_version_names_both(tmp_path: Path):
     path = tmp_path / "result.json"
     path.write_text(json.dumps({"schema_version": SCHEMA_VERSION + 1, "status": "success"}))
     with pytest.raises(ContractError) as caught:
-        _read_result(path)
+        read_result(path)
     assert f"{SCHEMA_VERSION + 1}" in caught.value.message
     assert f"version {SCHEMA_VERSION}" in caught.value.message
-    assert _read_result(tmp_path / "none.json") is None
+    assert read_result(tmp_path / "none.json") is None
 
 
 def test_artifacts_must_stay_in_the_output_folder(tmp_path: Path):
@@ -173,7 +175,7 @@ def test_artifacts_must_stay_in_the_output_folder(tmp_path: Path):
         status="success", artifacts=[ArtifactFile(path="../secret", bytes=1, sha256="0")]
     )
     with pytest.raises(ContractError, match="not in its output folder"):
-        _staged_artifacts(result, out)
+        staged_artifacts(result, out)
 
 
 def test_unreachable_engine_is_one_line(tmp_path: Path):

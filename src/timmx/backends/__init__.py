@@ -8,6 +8,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
+import sys
+import types
 from importlib.metadata import entry_points
 from typing import TypeVar
 
@@ -21,6 +23,18 @@ _discovered = False
 
 
 def register(cls: B) -> B:
+    """Class decorator: make `cls` the backend of its `name`; a second one of that name is a
+    mistake (two packages claiming one backend), refused rather than silently replacing it."""
+    existing = _REGISTRY.get(cls.name)
+    if existing is not None:
+        if type(existing).__qualname__ == cls.__qualname__ and (
+            type(existing).__module__ == cls.__module__
+        ):
+            return cls  # the same class, registered again by a reloaded module
+        raise ValueError(
+            f"backend '{cls.name}' is already registered by "
+            f"{type(existing).__module__}.{type(existing).__qualname__}"
+        )
     _REGISTRY[cls.name] = cls()
     return cls
 
@@ -49,3 +63,14 @@ def get_backend(name: str) -> Backend:
         hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(_REGISTRY)}"
         raise InvalidInputError(f"unknown backend '{name}': {hint}")
     return _REGISTRY[name]
+
+
+class _Package(types.ModuleType):
+    """Upstream timmx's API has a function `timmx.backends()` listing the backend names, and
+    `timmx.backends` is also this package: calling the package lists them, so both hold."""
+
+    def __call__(self) -> list[str]:
+        return [backend.name for backend in all_backends()]
+
+
+sys.modules[__name__].__class__ = _Package

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from timmx.contract import ExportJob, describe_validation_error
+from timmx.contract import ExportJob, ModelSummary, describe_validation_error
 from timmx.errors import BackendUnavailableError, InvalidInputError
 
 if TYPE_CHECKING:
@@ -42,19 +42,40 @@ FP16 = Tolerance(atol=5e-2, rtol=1e-2, min_top1=0.9)
 
 @dataclass
 class ExportContext:
-    """What a backend gets to export: a ready model and where to write."""
+    """What a backend gets to export: a ready model, what is known about it, where to write."""
 
     job: ExportJob
-    model: torch.nn.Module
+    model: torch.nn.Module  # what to export: the timm model with any baked-in pre/post-processing
     example_input: torch.Tensor
     artifact: Path  # final file name, inside a private staging folder
     workspace: Path
+    summary: ModelSummary  # input size, mean/std, classes, license
+    timm_model: torch.nn.Module  # the timm model alone, without baked-in processing
+    data_config: dict[str, Any]  # timm's resolved data config (interpolation, crop...)
     warnings: list[str] = field(default_factory=list)
     # Facts found while exporting (delegation, op counts...) for the report's details.
     details: dict[str, Any] = field(default_factory=dict)
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
+
+    @property
+    def normalized_in_graph(self) -> bool:
+        """True when (x - mean) / std is baked in: the artifact takes pixels in [0, 1]."""
+        return self.job.preprocess.normalize
+
+    def calibration_batches(self) -> list[torch.Tensor]:
+        """The job's calibration data as validated batches shaped like `example_input`."""
+        from timmx.calibration import Target, calibration_batches
+
+        target = Target(
+            size=self.summary.input_size,
+            batch_size=int(self.example_input.shape[0]),
+            pixels=self.normalized_in_graph,
+        )
+        return calibration_batches(
+            self.job.calibration, self.workspace, target, self.data_config, self.warn
+        )
 
 
 Runtime = Callable[["np.ndarray"], "np.ndarray"]
@@ -125,24 +146,3 @@ class Backend(ABC):
         if not job.input.dynamic_batch:
             return [batch]
         return [batch, 1 if batch > 1 else 3]
-
-
-MAX_DYNAMIC_BATCH = 4096
-
-
-def require_batch_of_two(job: ExportJob, backend: str) -> None:
-    """torch.export specialises a size-1 dimension, so a dynamic batch needs an example of 2."""
-    if job.input.dynamic_batch and job.input.batch_size < 2:
-        raise InvalidInputError(
-            f"{backend} with --dynamic-batch needs an example batch of at least 2 "
-            "(torch.export specialises a batch of 1): add --batch-size 2"
-        )
-
-
-def dynamic_batch_shapes(job: ExportJob) -> tuple[dict[int, Any], ...] | None:
-    """torch.export's dynamic_shapes for the one image input, or None for a fixed batch."""
-    if not job.input.dynamic_batch:
-        return None
-    import torch
-
-    return ({0: torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)},)

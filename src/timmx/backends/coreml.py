@@ -152,20 +152,18 @@ class CoremlBackend(Backend):
         from timmx.backends._coreml.inspect import check_saved
         from timmx.backends._coreml.metadata import annotate
         from timmx.backends._coreml.plan import make_plan
-        from timmx.backends._coreml.quiet import import_coremltools, quiet
+        from timmx.backends._coreml.versions import import_coremltools
 
         ct, warning = import_coremltools()
         if warning:
             ctx.warn(warning)
         plan = make_plan(ctx, options)
-        module = module_to_convert(ctx.model, plan)
-        with quiet():
-            program = source_program(module, ctx.example_input, plan, options.source)
-            mlmodel = convert(ct, program, plan, options.source)
-            mlmodel = compress(ct, mlmodel, plan)
+        module = module_to_convert(ctx.model, ctx.timm_model, plan)
+        program = source_program(module, ctx.example_input, plan, options.source)
+        mlmodel = convert(ct, program, plan, options.source)
+        mlmodel = compress(ct, mlmodel, plan)
         annotate(mlmodel, plan)
-        with quiet():
-            mlmodel.save(str(ctx.artifact))
+        mlmodel.save(str(ctx.artifact))
         check_saved(ctx.artifact, plan)
         return [ctx.artifact]
 

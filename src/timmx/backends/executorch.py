@@ -13,16 +13,13 @@ from typing import Any, Literal
 from pydantic import Field
 
 from timmx.backends import register
-from timmx.backends.base import (
-    FP32,
-    Backend,
-    BackendOptions,
-    ExportContext,
-    Runtime,
-    Tolerance,
+from timmx.backends._pt2 import (
+    check_calibration,
     dynamic_batch_shapes,
+    pt2e_quantize,
     require_batch_of_two,
 )
+from timmx.backends.base import FP32, Backend, BackendOptions, ExportContext, Runtime, Tolerance
 from timmx.contract import ExportJob
 from timmx.errors import InvalidInputError
 
@@ -58,13 +55,7 @@ class ExecuTorchBackend(Backend):
         require_batch_of_two(job, self.name)
         if options.mode == "int8" and options.delegate != "xnnpack":
             raise InvalidInputError("--mode int8 runs on the xnnpack delegate: drop --delegate")
-        if options.mode == "fp32" and job.calibration is not None:
-            raise InvalidInputError("calibration only applies to --mode int8")
-        if options.mode == "int8" and job.calibration is None:
-            raise InvalidInputError(
-                "--mode int8 needs --calibration-data (a tensor or an image folder), "
-                "or --random-calibration to try it out"
-            )
+        check_calibration(job, options.mode, calibrated_modes=("int8",))
 
     def tolerance(self, options: ExecuTorchOptions) -> Tolerance:
         return INT8 if options.mode == "int8" else FP32
@@ -132,21 +123,12 @@ def delegation_summary(graph_module, delegate: str) -> dict[str, Any]:
 
 
 def _quantize(ctx: ExportContext, model, example, dynamic_shapes):
-    import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    from timmx.calibration import calibration_batches
 
     quantizer = XNNPACKQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=True)
     )
-    captured = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes).module()
-    prepared = prepare_pt2e(captured, quantizer)
-    with torch.no_grad():
-        for batch in calibration_batches(ctx):
-            prepared(batch)
-    return convert_pt2e(prepared)
+    return pt2e_quantize(model, example, quantizer, ctx.calibration_batches(), dynamic_shapes)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from timmx.backends import register
+from timmx.backends._pt2 import check_calibration
 from timmx.backends.base import FP32, Backend, BackendOptions, ExportContext, Runtime, Tolerance
 from timmx.contract import ExportJob
 from timmx.errors import ExportFailedError, InvalidInputError
@@ -53,19 +54,7 @@ class LiteRTBackend(Backend):
     uses_calibration = True
 
     def check(self, job: ExportJob, options: LiteRTOptions) -> None:
-        calibration = job.calibration
-        if options.mode == "int8" and calibration is None:
-            raise InvalidInputError(
-                "--mode int8 needs calibration: --calibration-data PATH (a torch-saved "
-                "(N, C, H, W) tensor or an image folder), or --random-calibration to try it "
-                "on noise"
-            )
-        if options.mode != "int8" and calibration is not None:
-            flag = "--calibration-data" if calibration.path else "--random-calibration"
-            raise InvalidInputError(
-                f"{flag} only applies to --mode int8 (--mode {options.mode} needs no "
-                "calibration): add --mode int8 or drop it"
-            )
+        check_calibration(job, options.mode, calibrated_modes=("int8",))
         if options.int8_io and options.mode != "int8":
             raise InvalidInputError(
                 f"--int8-io needs --mode int8 (--mode {options.mode} has float inputs): "
@@ -89,85 +78,47 @@ class LiteRTBackend(Backend):
         return TOLERANCES[options.mode]
 
     def export(self, ctx: ExportContext, options: LiteRTOptions) -> list[Path]:
-        from timmx.backends import _litert_convert, _litert_io
+        from timmx.backends._litert import convert, flatbuffer
 
         model, example = ctx.model.cpu().eval(), ctx.example_input.cpu()
         batches = None
         if options.mode == "int8":
-            from timmx.calibration import calibration_batches
-
-            batches = calibration_batches(ctx)  # validated before anything is converted
+            batches = ctx.calibration_batches()  # validated before anything is converted
         if options.nhwc_input:
             from litert_torch import to_channel_last_io
 
             model = to_channel_last_io(model, args=[0]).eval()
             example = example.permute(0, 2, 3, 1).contiguous()
             batches = [b.permute(0, 2, 3, 1).contiguous() for b in batches or []] or None
-        data = _litert_convert.convert(model, example, options.mode, batches)
+        data = convert.convert(model, example, options.mode, batches)
         if options.mode == "int8":
-            data = _litert_io.int8_io(data) if options.int8_io else _litert_io.float_io(data)
+            data = flatbuffer.int8_io(data) if options.int8_io else flatbuffer.float_io(data)
         ctx.artifact.write_bytes(data)
         _check_precision(ctx.artifact, options)
         return [ctx.artifact]
 
     def load_runtime(self, artifact: Path, options: LiteRTOptions) -> Runtime:
-        import numpy as np
-        from ai_edge_litert.interpreter import Interpreter
+        from timmx.backends._litert.runtime import interpreter_runtime
 
-        interpreter = Interpreter(model_path=str(artifact))
-        interpreter.allocate_tensors()
-        (source,), (target,) = interpreter.get_input_details(), interpreter.get_output_details()
-
-        def run(x: np.ndarray) -> np.ndarray:
-            x = np.asarray(x, dtype=np.float32)
-            if options.nhwc_input:
-                x = x.transpose(0, 2, 3, 1)
-            if list(x.shape) != [int(d) for d in source["shape"]]:
-                raise ValueError(f"the artifact takes {list(source['shape'])}, got {list(x.shape)}")
-            interpreter.set_tensor(source["index"], _quantize(x, source))
-            interpreter.invoke()
-            return _dequantize(interpreter.get_tensor(target["index"]), target)
-
-        return run
+        return interpreter_runtime(artifact, options.nhwc_input)
 
     def inspect_artifact(self, artifact: Path, options: LiteRTOptions) -> dict[str, Any]:
-        from timmx.backends import _litert_io
+        from timmx.backends._litert import flatbuffer
 
-        facts = _litert_io.describe(artifact)
+        facts = flatbuffer.describe(artifact)
         facts["mode"] = options.mode
         facts["layout"] = "NHWC" if options.nhwc_input else "NCHW"
         return facts
 
 
-def _quantize(x, detail: dict):
-    """Float to the input tensor's own type, with its own scale and zero point."""
-    import numpy as np
-
-    dtype = np.dtype(detail["dtype"])
-    if dtype.kind == "f":
-        return x.astype(dtype)
-    scale, zero_point = detail["quantization"]
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
-
-
-def _dequantize(y, detail: dict):
-    import numpy as np
-
-    if np.dtype(detail["dtype"]).kind == "f":
-        return y.astype(np.float32)
-    scale, zero_point = detail["quantization"]
-    return (y.astype(np.float32) - zero_point) * scale
-
-
 def _check_precision(artifact: Path, options: LiteRTOptions) -> None:
     """A mode that silently fell back to float32 weights is a failed export, not a success."""
-    from timmx.backends import _litert_io
+    from timmx.backends._litert import flatbuffer
 
     wanted = {"fp16": "float16", "dynamic-int8": "int8", "int8": "int8"}.get(options.mode)
     if wanted is None:
         return
-    types = _litert_io.describe(artifact)["constant_types"]
+    types = flatbuffer.describe(artifact)["constant_types"]
     if not types.get(wanted):
         raise ExportFailedError(
             f"litert-torch produced no {wanted} weights for --mode {options.mode} "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -55,8 +54,7 @@ class NcnnBackend(Backend):
         scratch = folder.parent / "pnnx"  # staging is private and removed afterwards
         scratch.mkdir()
         traced = scratch / "model.pt"
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit's deprecation and tracer notes
+        with torch.no_grad():
             module = torch.jit.trace(ctx.model.cpu(), ctx.example_input.cpu(), check_trace=False)
         module.save(str(traced))
         shape = ",".join(str(d) for d in ctx.example_input.shape)

@@ -8,13 +8,8 @@ from typing import Literal
 from pydantic import Field
 
 from timmx.backends import register
-from timmx.backends.base import (
-    Backend,
-    BackendOptions,
-    ExportContext,
-    Runtime,
-    dynamic_batch_shapes,
-)
+from timmx.backends._pt2 import dynamic_batch_shapes
+from timmx.backends.base import Backend, BackendOptions, ExportContext, Runtime
 
 # Protobuf cannot hold a single file over 2 GB; bigger models keep weights in a side file.
 _EXTERNAL_DATA_BYTES = 1_800_000_000

@@ -7,14 +7,8 @@ from pathlib import Path
 from pydantic import Field
 
 from timmx.backends import register
-from timmx.backends.base import (
-    Backend,
-    BackendOptions,
-    ExportContext,
-    Runtime,
-    dynamic_batch_shapes,
-    require_batch_of_two,
-)
+from timmx.backends._pt2 import dynamic_batch_shapes, require_batch_of_two
+from timmx.backends.base import Backend, BackendOptions, ExportContext, Runtime
 from timmx.contract import ExportJob
 
 

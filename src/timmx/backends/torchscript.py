@@ -30,35 +30,27 @@ class TorchScriptBackend(Backend):
     runtime_name = "torch.jit.load"
 
     def export(self, ctx: ExportContext, options: TorchScriptOptions) -> list[Path]:
-        import warnings
-
         import torch
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit's deprecation and tracer warnings
-            if options.method == "trace":
-                scripted = torch.jit.trace(ctx.model, ctx.example_input, check_trace=False)
-            else:
-                try:
-                    scripted = torch.jit.script(ctx.model)
-                except Exception as exc:
-                    raise ExportFailedError(
-                        f"{ctx.job.model.name} cannot be scripted ({first_line(exc, 120)}): "
-                        "use --method trace"
-                    ) from exc
-            scripted = torch.jit.freeze(scripted.eval())
-            torch.jit.save(scripted, str(ctx.artifact))
+        if options.method == "trace":
+            scripted = torch.jit.trace(ctx.model, ctx.example_input, check_trace=False)
+        else:
+            try:
+                scripted = torch.jit.script(ctx.model)
+            except Exception as exc:
+                raise ExportFailedError(
+                    f"{ctx.job.model.name} cannot be scripted ({first_line(exc, 120)}): "
+                    "use --method trace"
+                ) from exc
+        scripted = torch.jit.freeze(scripted.eval())
+        torch.jit.save(scripted, str(ctx.artifact))
         return [ctx.artifact]
 
     def load_runtime(self, artifact: Path, options: TorchScriptOptions) -> Runtime:
-        import warnings
-
         import numpy as np
         import torch
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module = torch.jit.load(str(artifact), map_location="cpu")
+        module = torch.jit.load(str(artifact), map_location="cpu")
 
         def run(x: np.ndarray) -> np.ndarray:
             with torch.inference_mode():

@@ -8,9 +8,8 @@ from typing import Annotated, Literal
 
 import typer
 
-from timmx import __version__
 from timmx.cli import console
-from timmx.cli.export import register_commands
+from timmx.cli.export import BackendCommands
 from timmx.errors import TimmxError
 
 app = typer.Typer(
@@ -21,15 +20,17 @@ app = typer.Typer(
     add_completion=False,
 )
 export_app = typer.Typer(
+    cls=BackendCommands,
     help="Export MODEL with a backend; `timmx export BACKEND --help` lists its flags.",
     no_args_is_help=True,
 )
 app.add_typer(export_app, name="export")
-register_commands(export_app)
 
 
 def _version(value: bool) -> None:
     if value:
+        from timmx import __version__
+
         console.out.print(f"timmx {__version__}")
         raise typer.Exit()
 
@@ -135,6 +136,16 @@ def main(argv: list[str] | None = None) -> None:
     if code == 130:  # typer turns Ctrl-C into Exit(130)
         console.fail("interrupted: nothing was written")
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def run() -> None:
+    """The console script (and `python -m timmx`): `main`, then a fast exit (see `_exit`)."""
+    from timmx._exit import fast_exit
+
+    try:
+        main()
+    except SystemExit as exc:
+        fast_exit(exc.code)
 
 
 def _is_click_error(exc: Exception) -> bool:

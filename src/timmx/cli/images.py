@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -68,72 +70,78 @@ def build(
     ] = False,
 ) -> None:
     """Build the images that are missing; present ones with unchanged inputs are left alone."""
-    from timmx.images.build import build_image, effective_settings, find_image, pull_image
     from timmx.images.engine import connect
-    from timmx.images.identity import identify
+    from timmx.images.find import ensure_image
     from timmx.images.recipes import all_recipes, get_recipe
 
     settings = _settings(base_image, torch_index_url, torch_wheels, registry)
     recipes = [get_recipe(n) for n in names] if names else all_recipes()
     client = connect()
     for recipe in recipes:
-        chosen = effective_settings(client, recipe.name, settings)
-        identity = identify(recipe, chosen)
-        found = find_image(client, identity)
-        if found is not None and found.exact and not (rebuild or no_cache):
-            console.err.print(f"[green]up to date[/] {identity.ref}")
-        elif (
-            settings.registry and not (rebuild or no_cache) and _pull(client, identity, pull_image)
-        ):
-            pass
+        shown = _Shown()
+        found = ensure_image(
+            client,
+            recipe.name,
+            settings,
+            exact_only=True,
+            rebuild=rebuild or no_cache,
+            nocache=no_cache,
+            stage=shown.stage,
+        )
+        if found.how == "present":
+            console.err.print(f"[green]up to date[/] {found.ref}")
+        elif found.how == "pulled":
+            console.err.print(f"[green]pulled[/] {found.ref}")
         else:
-            _build_one(client, recipe, chosen, identity, build_image, no_cache)
+            size = client.images.get(found.id).attrs.get("Size")
+            console.err.print(
+                f"[green]built[/] {found.ref} ({_gb(size)}) in "
+                f"{time.monotonic() - shown.started:.0f} s"
+            )
         if push:
-            _push(client, identity)
+            _push(client, found.ref)
 
 
-def _pull(client, identity, pull_image) -> bool:
-    with console.err.status(f"pulling {identity.ref}", spinner="dots") as status:
-        found = pull_image(client, identity, lambda line: status.update(f"pulling: {line}"))
-    if found is not None:
-        console.err.print(f"[green]pulled[/] {identity.ref}")
-        return True
-    console.err.print(f"[yellow]not in the registry[/] {identity.ref}: building it")
-    return False
+class _Shown:
+    """One image's pull and build as they go: a spinner, and each Step line of a build."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.pulled = False  # tried: a build after it means the registry lacks the image
+
+    @contextmanager
+    def stage(self, kind: str, identity, settings) -> Iterator[Callable[[str], None]]:
+        if kind == "pull":
+            self.pulled = True
+            with console.err.status(f"pulling {identity.ref}", spinner="dots") as status:
+                yield lambda line: status.update(f"pulling: {line}")
+            return
+        if self.pulled:
+            console.err.print(f"[yellow]not in the registry[/] {identity.ref}: building it")
+        self.started = time.monotonic()
+        console.err.print(f"[bold]building[/] {identity.ref} (base {settings.base_image})")
+        with console.err.status(f"building {identity.ref}", spinner="dots") as status:
+
+            def show(line: str) -> None:
+                if line.startswith("Step "):
+                    console.err.print(f"[dim]{console.escape(line[:160])}[/]", soft_wrap=True)
+                elapsed = time.monotonic() - self.started
+                status.update(f"[{elapsed:4.0f} s] {console.escape(line.strip()[:100])}")
+
+            yield show
 
 
-def _build_one(client, recipe, settings, identity, build_image, no_cache: bool) -> None:
-    started = time.monotonic()
-    console.err.print(f"[bold]building[/] {identity.ref} (base {settings.base_image})")
-    state = {"step": ""}
-    with console.err.status(f"building {identity.ref}", spinner="dots") as status:
-
-        def show(line: str) -> None:
-            if line.startswith("Step "):
-                state["step"] = line
-                console.err.print(f"[dim]{console.escape(line[:160])}[/]", soft_wrap=True)
-            elapsed = time.monotonic() - started
-            status.update(f"[{elapsed:4.0f} s] {console.escape(line.strip()[:100])}")
-
-        image_id = build_image(client, recipe, settings, identity, show, nocache=no_cache)
-    size = client.images.get(image_id).attrs.get("Size")
-    console.err.print(
-        f"[green]built[/] {identity.ref} ({_gb(size)}) in {time.monotonic() - started:.0f} s"
-    )
-
-
-def _push(client, identity) -> None:
+def _push(client, ref: str) -> None:
     from timmx.errors import DockerError
 
-    if "/" not in identity.repository:
+    repository, tag = ref.rsplit(":", 1)
+    if "/" not in repository:
         raise DockerError("--push needs a --registry prefix (or $TIMMX_REGISTRY)")
-    with console.err.status(f"pushing {identity.ref}", spinner="dots"):
-        for chunk in client.api.push(
-            identity.repository, tag=identity.tag, stream=True, decode=True
-        ):
+    with console.err.status(f"pushing {ref}", spinner="dots"):
+        for chunk in client.api.push(repository, tag=tag, stream=True, decode=True):
             if "error" in chunk:
-                raise DockerError(f"pushing {identity.ref} failed: {chunk['error']}")
-    console.err.print(f"[green]pushed[/] {identity.ref}")
+                raise DockerError(f"pushing {ref} failed: {chunk['error']}")
+    console.err.print(f"[green]pushed[/] {ref}")
 
 
 @images_app.command("list")
@@ -148,8 +156,8 @@ def list_images(
     """Each toolchain's image: name, tag, size, and present / missing / stale."""
     from rich.table import Table
 
-    from timmx.images.build import image_rows
     from timmx.images.engine import connect
+    from timmx.images.listing import image_rows
 
     settings = _settings(base_image, torch_index_url, torch_wheels, registry)
     rows = image_rows(connect(), settings, names)
@@ -184,8 +192,8 @@ def remove(
     registry: Annotated[str | None, REGISTRY] = None,
 ) -> None:
     """Remove the toolchains' images (present and stale), or only the stale ones."""
-    from timmx.images.build import remove_images
     from timmx.images.engine import connect
+    from timmx.images.listing import remove_images
 
     settings = _settings(None, None, None, registry)
     removed = remove_images(connect(), names, stale_only=stale, settings=settings)

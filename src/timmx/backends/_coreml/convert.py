@@ -7,6 +7,7 @@ from typing import Any
 from torch import nn
 
 from timmx.backends._coreml.plan import OUTPUT, Plan
+from timmx.backends._pt2 import batch_dim
 from timmx.errors import ExportFailedError, first_line
 
 
@@ -31,12 +32,12 @@ class ImageInputModel(nn.Module):
         return x.softmax(dim=-1) if self.softmax else x
 
 
-def module_to_convert(wrapper: nn.Module, plan: Plan) -> nn.Module:
-    wrapper = wrapper.cpu().eval()
+def module_to_convert(model: nn.Module, timm_model: nn.Module, plan: Plan) -> nn.Module:
+    """What coremltools converts: the export's model, or with an image input the timm model
+    alone (Core ML's scale and bias replace the baked-in normalisation)."""
     if plan.image is None:
-        return wrapper
-    inner = getattr(wrapper, "model", wrapper)  # the ExportWrapper's normalisation is dropped
-    return ImageInputModel(inner, plan.image.correction, plan.softmax).eval()
+        return model.cpu().eval()
+    return ImageInputModel(timm_model.cpu(), plan.image.correction, plan.softmax).eval()
 
 
 def source_program(module: nn.Module, example, plan: Plan, source: str) -> Any:
@@ -52,8 +53,7 @@ def source_program(module: nn.Module, example, plan: Plan, source: str) -> Any:
         if plan.dynamic:
             # torch.export specialises a batch of 1: export with 2, keep the range dynamic.
             example = example.repeat(2, 1, 1, 1) if example.shape[0] == 1 else example
-            dim = torch.export.Dim("batch", min=1, max=plan.upper_bound or 4096)
-            dynamic_shapes = ({0: dim},)
+            dynamic_shapes = ({0: batch_dim(plan.upper_bound)},)
         program = torch.export.export(module, (example,), dynamic_shapes=dynamic_shapes)
         return program.run_decompositions({})  # coremltools takes the ATEN dialect only
 

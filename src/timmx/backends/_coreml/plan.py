@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 from timmx.backends._coreml.targets import (
     COMPRESSION_MIN,
     PER_BLOCK_MIN,
-    SPEC_VERSION,
     name_for,
 )
 from timmx.errors import InvalidInputError
@@ -83,16 +82,13 @@ def resolve_target(options: Any, ctx: ExportContext) -> str | None:
 
 
 def make_plan(ctx: ExportContext, options: Any) -> Plan:
-    import torch
 
-    job, wrapper = ctx.job, ctx.model
-    with torch.no_grad():
-        out = wrapper(ctx.example_input)
-    mean, std = _mean_std(wrapper)
-    size = tuple(int(v) for v in ctx.example_input.shape[1:])
+    job, summary = ctx.job, ctx.summary
+    mean, std = summary.mean, summary.std  # the baked-in ones with --normalize, else the model's
+    size = summary.input_size
     image = _image_input(mean, std, size[0]) if options.image_input else None
     labels = read_labels(ctx.workspace / options.labels) if options.labels else None
-    num_classes = int(out.shape[-1])
+    num_classes = summary.num_classes
     if labels is not None and len(labels) != num_classes:
         raise InvalidInputError(
             f"--labels {options.labels} has {len(labels)} labels but the model has "
@@ -108,7 +104,7 @@ def make_plan(ctx: ExportContext, options: Any) -> Plan:
         model_name=job.model.name,
         mlprogram=mlprogram,
         input_name=IMAGE_INPUT if image else TENSOR_INPUT,
-        input_size=size,  # type: ignore[arg-type]
+        input_size=size,
         batch=job.input.batch_size,
         dynamic=job.input.dynamic_batch,
         upper_bound=_upper_bound(ctx, options),
@@ -122,7 +118,7 @@ def make_plan(ctx: ExportContext, options: Any) -> Plan:
         num_classes=num_classes,
         image=image,
         labels=labels,
-        license=_license(wrapper),
+        license=summary.license,
     )
 
 
@@ -138,21 +134,6 @@ def _upper_bound(ctx: ExportContext, options: Any) -> int | None:
         f"{DEFAULT_UPPER_BOUND} (set --batch-upper-bound)"
     )
     return DEFAULT_UPPER_BOUND
-
-
-def spec_version(plan: Plan) -> int | None:
-    return SPEC_VERSION[plan.target] if plan.target else None
-
-
-def _mean_std(wrapper: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    if getattr(wrapper, "normalize", False):
-        mean = tuple(float(v) for v in wrapper.mean.reshape(-1))
-        std = tuple(float(v) for v in wrapper.std.reshape(-1))
-        return mean, std
-    import timm
-
-    config = timm.data.resolve_data_config({}, model=getattr(wrapper, "model", wrapper))
-    return tuple(map(float, config["mean"])), tuple(map(float, config["std"]))
 
 
 def _image_input(mean: tuple[float, ...], std: tuple[float, ...], channels: int) -> ImageInput:
@@ -186,10 +167,3 @@ def read_labels(path: Path) -> list[str]:
     if len(set(labels)) != len(labels):
         raise InvalidInputError(f"--labels {path} repeats a label: labels must be unique")
     return labels
-
-
-def _license(wrapper: Any) -> str | None:
-    model = getattr(wrapper, "model", wrapper)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    value = cfg.get("license") if isinstance(cfg, dict) else None
-    return str(value) if value else None

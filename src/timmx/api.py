@@ -1,0 +1,56 @@
+"""The Python API: the same exports as `timmx export`, as function calls.
+
+    from timmx import export
+    result = export("onnx", "resnet18", checkpoint="ft.pth", num_classes=10, output="m.onnx")
+    result.verification.status      # "passed"
+
+Options are the CLI's flags as keyword arguments (`--dynamic-batch` is `dynamic_batch=True`,
+`--isolated` is `isolated=True`); paths are relative to the current folder. Failures raise the
+same one-line `TimmxError`s the CLI prints. `export_model` and `backends` behave as upstream
+timmx's functions of the same names, so scripts written for it run unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from timmx.contract import ExportResult
+from timmx.runners.base import Progress, no_progress
+
+
+def export(
+    backend: str, model: str, /, *, progress: Progress | None = None, **options: Any
+) -> ExportResult:
+    """Export `model` with `backend`, verify it, write the artifact and its report; return the
+    report. `progress` receives a line per step."""
+    from timmx.backends import get_backend
+    from timmx.options import build_job, with_defaults
+    from timmx.runners.base import select_runner
+
+    implementation = get_backend(backend)
+    values = with_defaults(implementation, options)
+    job = build_job(implementation, model, values)
+    runner = select_runner(
+        values["isolated"],
+        memory=values["memory"],
+        timeout_s=values["timeout"],
+        build=values["build"],
+        verbose=bool(os.environ.get("TIMMX_DEBUG")),
+    )
+    return runner.run(job, Path.cwd(), progress or no_progress)
+
+
+def export_model(backend: str, model_name: str, /, **options: Any) -> Path:
+    """Export as `export` does; return the artifact's path (upstream timmx's signature)."""
+    result = export(backend, model_name, **options)
+    assert result.job is not None
+    return Path(result.job.output)
+
+
+def backends() -> list[str]:
+    """Names of the registered backends (the `timmx export <name>` commands)."""
+    from timmx.backends import all_backends
+
+    return [backend.name for backend in all_backends()]
