@@ -8,6 +8,9 @@ mounted `/job` folder in a container), so one job file means the same thing in b
 from __future__ import annotations
 
 import json
+import posixpath
+from collections.abc import Iterable
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -147,6 +150,7 @@ class ModelSummary(_Strict):
     std: tuple[float, ...]
     num_classes: int
     reparameterized: bool
+    license: str | None = Field(None, description="The pretrained weights' license, if known.")
 
 
 class Environment(_Strict):
@@ -219,6 +223,36 @@ def parse_job(text: str) -> ExportJob:
 
 def parse_result(text: str) -> ExportResult:
     return _parse(ExportResult, text, "result")
+
+
+def check_paths_inside(job: ExportJob, what: str = "job", path_options: Iterable[str] = ()) -> None:
+    """Refuse a job whose paths leave its folder: absolute, or climbing out with '..'.
+
+    For a job that crossed a trust boundary (the worker's job.json): the in-process CLI takes
+    absolute paths on purpose. `path_options` names the backend options that are files. Pure
+    string logic: symlinks are not resolved, the folder's owner decides what lies in it."""
+    fields: list[tuple[str, Any]] = [
+        ("output", job.output),
+        ("model.checkpoint", job.model.checkpoint),
+    ]
+    if job.calibration is not None:
+        fields.append(("calibration.path", job.calibration.path))
+    fields += [(f"options.{name}", job.options.get(name)) for name in path_options]
+    for field, path in fields:
+        if isinstance(path, str) and _outside(path):
+            raise ContractError(
+                f"{what} field '{field}' must stay inside the {what} file's folder, got "
+                f"{path!r}: give a path relative to that folder that does not climb out with '..'"
+            )
+
+
+def _outside(path: str) -> bool:
+    # '\\' and drive letters count too, so a job means the same when the worker runs on Windows.
+    posix = path.replace("\\", "/")
+    if posix.startswith("/") or PureWindowsPath(path).anchor:
+        return True
+    parts = PurePosixPath(posixpath.normpath(posix)).parts
+    return bool(parts) and parts[0] == ".."
 
 
 def json_schema(which: Literal["job", "result"]) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
     python -m timmx.worker /job/job.json [--result /job/out/result.json]
 
-Paths in the job are relative to the job file's folder. The result is written whatever happens,
-so the host always learns why an export failed; the exit code is 0 on success, 2 otherwise.
+Paths in the job are relative to the job file's folder and must stay inside it. The result is
+written whatever happens (its own folder is created if missing), so the host always learns why an
+export failed; a failure is also printed as one `error:` line on stderr. The exit code is 0 on
+success, 2 for a job that cannot be done as written, 1 for a bug (traceback in the log).
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ import argparse
 import os
 import sys
 import traceback
-import warnings
 from pathlib import Path
 
-from timmx.contract import ErrorInfo, ExportResult, parse_job
+from timmx.contract import ErrorInfo, ExportJob, ExportResult, check_paths_inside, parse_job
 from timmx.environment import describe
-from timmx.errors import TimmxError, first_line
+from timmx.errors import ContractError, InvalidInputError, TimmxError, first_line
 from timmx.output import write_text_atomic
+from timmx.runners.container_job import path_options  # the options the host mounts as files
 
 
 def _progress(message: str) -> None:
@@ -26,28 +28,68 @@ def _progress(message: str) -> None:
 
 
 def run(job_path: Path, result_path: Path) -> int:
-    if not os.environ.get("TIMMX_DEBUG"):
-        warnings.simplefilter("ignore")  # converters' deprecation notes would drown the progress
-    try:
-        job = parse_job(job_path.read_text())
-        from timmx.runners.local import run_local
-
-        result = run_local(job, job_path.parent, progress=_progress, write_report=False)
-        code = 0
-    except TimmxError as exc:
-        result = ExportResult(status="failed", error=ErrorInfo(kind=exc.kind, message=exc.message))
-        code = 2
-    except Exception as exc:  # a bug: keep the traceback in the container's log
-        traceback.print_exc()
-        result = ExportResult(
-            status="failed",
-            error=ErrorInfo(kind="internal", message=f"{type(exc).__name__}: {first_line(exc)}"),
-        )
-        code = 1
+    result, code = _export(job_path)
     if result.environment is None:
         result.environment = describe()
-    write_text_atomic(result_path, result.model_dump_json(indent=2) + "\n")
+    if result.error is not None:
+        _error_line(_describe_error(result.error))
+    return _write_result(result, result_path, code)
+
+
+def _export(job_path: Path) -> tuple[ExportResult, int]:
+    try:
+        job = _read_job(job_path)
+        # The job may come from anyone: refuse paths outside its folder before touching a file.
+        check_paths_inside(job, path_options=path_options(job.backend))
+        from timmx.runners.local import LocalRunner
+
+        runner = LocalRunner(write_report=False, verbose=bool(os.environ.get("TIMMX_DEBUG")))
+        return runner.run(job, job_path.parent, progress=_progress), 0
+    except TimmxError as exc:
+        return _failed(exc.kind, exc.message), 2
+    except Exception as exc:  # a bug: keep the traceback in the container's log
+        traceback.print_exc()
+        return _failed("internal", f"{type(exc).__name__}: {first_line(exc)}"), 1
+
+
+def _read_job(job_path: Path) -> ExportJob:
+    try:
+        text = job_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidInputError(f"job file not found: {job_path}") from None
+    except UnicodeDecodeError:
+        raise ContractError(f"job is not valid JSON: {job_path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read the job file {job_path}: {exc.strerror}") from None
+    return parse_job(text)
+
+
+def _failed(kind: str, message: str) -> ExportResult:
+    return ExportResult(status="failed", error=ErrorInfo(kind=kind, message=message))
+
+
+def _describe_error(error: ErrorInfo) -> str:
+    if error.kind == "internal":
+        return f"internal error: {error.message} (a bug: report it with the traceback above)"
+    return error.message
+
+
+def _write_result(result: ExportResult, result_path: Path, code: int) -> int:
+    try:
+        # Its folder only: a mistyped job path should not leave a trail of new folders.
+        result_path.parent.mkdir(exist_ok=True)
+        write_text_atomic(result_path, result.model_dump_json(indent=2) + "\n")
+    except OSError as exc:
+        _error_line(
+            f"cannot write the result {result_path}: {exc.strerror}: "
+            "pass --result with a path in a writable folder"
+        )
+        return code or 2
     return code
+
+
+def _error_line(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,4 +102,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from timmx._exit import fast_exit
+
+    fast_exit(main())

@@ -1,0 +1,111 @@
+"""Stage an ExportJob for a container: job.json with /job paths, and what to mount.
+
+The job is rewritten to see its output under /job/out and each input (checkpoint, calibration
+data, file-typed backend options) read-only under /job/in; pretrained weights come from the
+host's caches, mounted read-only with the hubs offline.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args
+
+from timmx.backends import get_backend
+from timmx.contract import ExportJob
+from timmx.errors import CheckpointError, InvalidInputError
+from timmx.output import write_text_atomic
+
+JOB_DIR = "/job"
+
+
+@dataclass
+class Mounts:
+    """Host paths mounted into the container, and the job rewritten to see them under /job."""
+
+    job: ExportJob
+    binds: list[tuple[Path, str, bool]] = field(default_factory=list)  # host, target, read-only
+    env: dict[str, str] = field(default_factory=dict)
+    renames: dict[str, str] = field(default_factory=dict)  # container path -> host path
+
+
+def stage_job(job: ExportJob, workspace: Path, staging: Path, artifact_name: str) -> Mounts:
+    """Write job.json into `staging` with /job-relative paths; collect the read-only inputs."""
+    mounts = Mounts(job=job)
+    update: dict[str, Any] = {"output": f"out/{artifact_name}"}
+    mounts.renames[f"out/{artifact_name}"] = str(workspace / job.output)
+    if job.model.checkpoint:
+        host = (workspace / job.model.checkpoint).resolve()
+        if not host.exists():
+            raise CheckpointError(f"checkpoint not found: {workspace / job.model.checkpoint}")
+        if not host.is_file():
+            raise CheckpointError(f"checkpoint is not a file: {workspace / job.model.checkpoint}")
+        inside = _mount_input(mounts, workspace, job.model.checkpoint, "checkpoint")
+        update["model"] = job.model.model_copy(update={"checkpoint": inside})
+    if job.calibration is not None and job.calibration.path:
+        if not (workspace / job.calibration.path).exists():
+            raise InvalidInputError(
+                f"calibration data not found: {workspace / job.calibration.path}"
+            )
+        inside = _mount_input(mounts, workspace, job.calibration.path, "calibration")
+        update["calibration"] = job.calibration.model_copy(update={"path": inside})
+    file_options = {}
+    for name in path_options(job.backend):
+        value = job.options.get(name)
+        if value is None:
+            continue
+        if not (workspace / value).exists():
+            flag = "--" + name.replace("_", "-")
+            raise InvalidInputError(f"{flag} file not found: {workspace / value}")
+        file_options[name] = _mount_input(mounts, workspace, value, f"option-{name}")
+    if file_options:
+        update["options"] = {**job.options, **file_options}
+    if job.model.pretrained:
+        _mount_caches(mounts)
+    rewritten = job.model_copy(update=update)
+    (staging / "out").mkdir(mode=0o700)  # created by the caller, so writable by the caller's uid
+    write_text_atomic(staging / "job.json", rewritten.model_dump_json(indent=2) + "\n")
+    mounts.job = rewritten
+    return mounts
+
+
+def _mount_input(mounts: Mounts, workspace: Path, relative: str, slot: str) -> str:
+    """Mount one host file or folder read-only under /job/in/SLOT; return its job path."""
+    host = (workspace / relative).resolve()
+    inside = f"in/{slot}/{host.name}"
+    mounts.binds.append((host, f"{JOB_DIR}/{inside}", True))
+    mounts.renames[inside] = str(workspace / relative)
+    return inside
+
+
+def path_options(backend_name: str) -> list[str]:
+    """The backend's options that name input files (typed Path): they are mounted too."""
+    fields = get_backend(backend_name).Options.model_fields
+    return [
+        name
+        for name, info in fields.items()
+        if info.annotation is Path or Path in get_args(info.annotation)
+    ]
+
+
+def _mount_caches(mounts: Mounts) -> None:
+    """Pretrained weights: the host's Hugging Face and torch hub caches, read-only, offline."""
+    home = Path.home()
+    hf_home = Path(os.environ.get("HF_HOME") or home / ".cache" / "huggingface")
+    hub = Path(os.environ.get("HF_HUB_CACHE") or hf_home / "hub")
+    if hub.is_dir():
+        mounts.binds.append((hub.resolve(), "/cache/huggingface/hub", True))
+        mounts.env.update({"HF_HUB_CACHE": "/cache/huggingface/hub", "HF_HUB_OFFLINE": "1"})
+    torch_home = Path(os.environ.get("TORCH_HOME") or home / ".cache" / "torch")
+    if torch_home.is_dir():
+        mounts.binds.append((torch_home.resolve(), "/cache/torch", True))
+        mounts.env["TORCH_HOME"] = "/cache/torch"
+
+
+def host_paths(message: str, renames: dict[str, str]) -> str:
+    """Name the host's files in a worker's message, not their places in the container."""
+    for inside in sorted(renames, key=len, reverse=True):
+        message = message.replace(f"{JOB_DIR}/{inside}", renames[inside])
+        message = message.replace(inside, renames[inside])
+    return message
