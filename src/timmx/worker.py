@@ -92,11 +92,50 @@ def _error_line(message: str) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
 
 
+def serve(workspace: Path) -> int:
+    """A warm worker for `timmx build`: jobs as JSON lines on stdin, one at a time, each answered
+    by JSON lines (`progress`, then `result` or `error`) on the original stdout. Anything else
+    printed (converters, native libraries) goes to stderr, off the protocol."""
+    import json
+
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    from timmx.runners.local import LocalRunner
+
+    runner = LocalRunner(verbose=bool(os.environ.get("TIMMX_DEBUG")))
+
+    def send(message: dict) -> None:
+        protocol.write(json.dumps(message) + "\n")
+
+    try:
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            try:
+                job = ExportJob.model_validate(json.loads(line)["job"])
+                result = runner.run(job, workspace, lambda m: send({"progress": m}))
+                send({"result": json.loads(result.model_dump_json())})
+            except TimmxError as exc:
+                send({"error": {"kind": exc.kind, "message": exc.message}})
+            except Exception as exc:  # a bug: the traceback goes to the log, the build goes on
+                traceback.print_exc()
+                message = f"{type(exc).__name__}: {first_line(exc)}"
+                send({"error": {"kind": "internal", "message": message}})
+    except KeyboardInterrupt:  # the host stops the build: the job's staging is already gone
+        return 130
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="timmx.worker", description=__doc__)
-    parser.add_argument("job", type=Path)
+    parser.add_argument("job", type=Path, nargs="?")
     parser.add_argument("--result", type=Path, default=None)
+    parser.add_argument("--serve", type=Path, metavar="WORKSPACE", default=None)
     args = parser.parse_args(argv)
+    if args.serve is not None:
+        return serve(args.serve)
+    if args.job is None:
+        parser.error("a job file is needed (or --serve WORKSPACE)")
     result_path = args.result or args.job.parent / "out" / "result.json"
     return run(args.job, result_path)
 

@@ -49,14 +49,30 @@ def _main(
 
 @app.command()
 def schema(
-    which: Annotated[Literal["job", "result"], typer.Argument(help="job or result.")] = "job",
+    which: Annotated[
+        Literal["job", "result", "build"], typer.Argument(help="job, result or build.")
+    ] = "job",
 ) -> None:
-    """Print the JSON Schema of an export job or of an export result (the report)."""
+    """Print the JSON Schema of an export job, an export result (the report) or a build file."""
     import json
 
+    if which == "build":
+        from timmx.build.schema import build_schema
+
+        console.out.print_json(json.dumps(build_schema()))
+        return
     from timmx.contract import json_schema
 
     console.out.print_json(json.dumps(json_schema(which)))
+
+
+def _add_build() -> None:
+    from timmx.cli.build import build_command
+
+    app.command("build")(build_command)
+
+
+_add_build()
 
 
 @app.command()

@@ -1,0 +1,225 @@
+"""Run a build's jobs: in parallel, isolated and in-process mixed, one failure not stopping the
+rest, Ctrl-C stopping everything.
+
+In-process jobs go to warm workers (`python -m timmx.worker --serve`): one process per parallel
+slot serves many jobs, so torch, timm and the converters are imported once per slot, not once
+per job, and each job still runs in a process of its own seeding. Isolated jobs run their
+container through `DockerRunner`, as `timmx export --isolated` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from timmx.build.plan import PlannedJob
+from timmx.contract import ExportResult
+from timmx.errors import ExportFailedError, TimmxError, error_from_kind
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Outcome:
+    planned: PlannedJob
+    result: ExportResult | None = None
+    error: TimmxError | None = None
+    seconds: float = 0.0
+
+
+class WarmWorker:
+    """One `timmx.worker --serve` process: jobs in on stdin, answers out on stdout."""
+
+    def __init__(self, workspace: Path) -> None:
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the worker
+            prefix="timmx-worker-", suffix=".log", delete=False
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "timmx.worker", "--serve", str(workspace)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            bufsize=1,
+            start_new_session=True,  # Ctrl-C reaches it through us, in order
+        )
+
+    def run(self, planned: PlannedJob, progress: Progress) -> ExportResult:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        try:
+            self.process.stdin.write(json.dumps({"job": planned.job.model_dump(mode="json")}))
+            self.process.stdin.write("\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            raise ExportFailedError(self._died()) from None
+        for line in self.process.stdout:
+            message = json.loads(line)
+            if "progress" in message:
+                progress(message["progress"])
+            elif "result" in message:
+                return ExportResult.model_validate(message["result"])
+            else:
+                error = message["error"]
+                raise error_from_kind(error["kind"], error["message"])
+        raise ExportFailedError(self._died())
+
+    def _died(self) -> str:
+        code = self.process.wait()
+        tail = Path(self.log.name).read_text(errors="replace").strip().splitlines()[-3:]
+        return f"the worker process ended (exit code {code}): {' | '.join(tail) or 'no output'}"
+
+    def interrupt(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGINT)  # it removes its staging folder and ends
+
+    def close(self, timeout_s: float = 30) -> None:
+        if self.process.stdin is not None:
+            with contextlib.suppress(OSError):  # a worker that died closed it already
+                self.process.stdin.close()
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+        Path(self.log.name).unlink(missing_ok=True)
+
+
+class Executor:
+    """Runs planned jobs on `slots` threads; each slot has its own warm worker."""
+
+    def __init__(self, workspace: Path, slots: int, keep_going: bool = True) -> None:
+        self.workspace = workspace
+        self.slots = slots
+        self.keep_going = keep_going
+        self._workers: list[WarmWorker] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def run(
+        self,
+        jobs: list[PlannedJob],
+        on_start: Callable[[PlannedJob], None],
+        on_progress: Callable[[PlannedJob, str], None],
+        on_done: Callable[[Outcome], None],
+    ) -> list[Outcome]:
+        pending: queue.Queue[PlannedJob] = queue.Queue()
+        for planned in jobs:
+            pending.put(planned)
+        outcomes: list[Outcome] = []
+
+        def slot() -> None:
+            worker: WarmWorker | None = None
+            try:
+                while not self._stop.is_set():
+                    try:
+                        planned = pending.get_nowait()
+                    except queue.Empty:
+                        return
+                    on_start(planned)
+                    if not planned.isolated and worker is None:
+                        worker = self._start_worker()
+                    outcome = self._run_one(planned, worker, on_progress)
+                    with self._lock:
+                        outcomes.append(outcome)
+                    on_done(outcome)
+                    if outcome.error is not None and not self.keep_going:
+                        self._stop.set()
+            finally:
+                if worker is not None:
+                    worker.close()
+
+        threads = [
+            threading.Thread(target=slot, name=f"timmx-build-{i}", daemon=True)
+            for i in range(min(self.slots, len(jobs)) or 1)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.2)
+        except KeyboardInterrupt:
+            self._interrupt()
+            for thread in threads:
+                thread.join(60)
+            raise
+        return outcomes
+
+    def _start_worker(self) -> WarmWorker:
+        worker = WarmWorker(self.workspace)
+        with self._lock:
+            self._workers.append(worker)
+        return worker
+
+    def _run_one(self, planned, worker, on_progress) -> Outcome:
+        started = time.perf_counter()
+        outcome = Outcome(planned)
+        try:
+            if planned.isolated:
+                from timmx.runners.docker import DockerRunner
+
+                runner = DockerRunner(
+                    memory=planned.memory, timeout_s=planned.timeout_s, build=planned.build
+                )
+                outcome.result = runner.run(
+                    planned.job, self.workspace, lambda m: on_progress(planned, m)
+                )
+            else:
+                outcome.result = worker.run(planned, lambda m: on_progress(planned, m))
+        except TimmxError as exc:
+            outcome.error = exc
+        outcome.seconds = time.perf_counter() - started
+        return outcome
+
+    def _interrupt(self) -> None:
+        """Ctrl-C: no new job starts, the workers drop their jobs (and staging folders), and
+        this build's export containers are removed."""
+        self._stop.set()
+        with self._lock:
+            workers = list(self._workers)
+        for worker in workers:
+            worker.interrupt()
+        _remove_containers()
+
+
+def _remove_containers() -> None:
+    from timmx.runners.docker import RUN_LABEL
+
+    try:
+        from timmx.images.engine import connect
+
+        client = connect()
+    except TimmxError:
+        return  # no engine: no container of ours either
+    try:
+        for container in client.containers.list(
+            all=True, filters={"label": f"{RUN_LABEL}={os.getpid()}"}
+        ):
+            container.remove(force=True)
+    except Exception:  # the engine went away meanwhile: nothing more to do
+        pass
+    finally:
+        client.close()
+
+
+def default_jobs() -> int:
+    """One job per core, and no more than one per 6 GB of memory (an export of a large model
+    with its verification can take several)."""
+    cores = os.cpu_count() or 1
+    try:
+        memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError, AttributeError):
+        memory_gb = 8.0
+    return max(1, min(cores, int(memory_gb // 6)))

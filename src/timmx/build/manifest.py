@@ -1,0 +1,94 @@
+"""`<output>/timmx-build.json`: per job its key, artifacts, image and verification.
+
+Written atomically after every finished job, so it is never half-written and an interrupted
+build keeps what it finished. `check` tells, without building, which jobs are stale, missing,
+altered or unverified: the CI gate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from timmx.contract import ArtifactFile, ExportResult
+from timmx.output import sha256, write_text_atomic
+
+MANIFEST = "timmx-build.json"
+MANIFEST_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobRecord(_Strict):
+    key: str
+    backend: str
+    artifact: str = Field(description="The artifact's path, relative to the build file.")
+    artifacts: list[ArtifactFile] = Field(description="Every file, relative to its folder.")
+    verification: str = Field(description="passed, skipped, partial...")
+    max_abs_error: float | None = None
+    image: str | None = None
+    image_id: str | None = None
+
+
+class Manifest(_Strict):
+    schema_version: int = MANIFEST_VERSION
+    jobs: dict[str, JobRecord] = Field(default_factory=dict)
+
+
+def manifest_path(output: Path) -> Path:
+    return output / MANIFEST
+
+
+def load_manifest(output: Path) -> Manifest:
+    path = manifest_path(output)
+    try:
+        manifest = Manifest.model_validate_json(path.read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: everything builds
+        return Manifest()
+    return manifest if manifest.schema_version == MANIFEST_VERSION else Manifest()
+
+
+def save_manifest(manifest: Manifest, output: Path) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(manifest_path(output), manifest.model_dump_json(indent=2) + "\n")
+
+
+def record(key: str, artifact: str, result: ExportResult) -> JobRecord:
+    assert result.job is not None
+    verification = result.verification
+    environment = result.environment
+    return JobRecord(
+        key=key,
+        backend=result.job.backend,
+        artifact=artifact,
+        artifacts=result.artifacts,
+        verification=verification.status if verification else "skipped",
+        max_abs_error=verification.worst("max_abs_error") if verification else None,
+        image=environment.image if environment else None,
+        image_id=environment.image_id if environment else None,
+    )
+
+
+Status = Literal["fresh", "stale", "missing", "altered", "unverified", "new"]
+
+
+def status_of(entry: JobRecord | None, key: str, root: Path) -> Status:
+    """Whether a job's recorded artifact is still what a build would make now."""
+    if entry is None:
+        return "new"
+    if entry.key != key:
+        return "stale"
+    folder = (root / entry.artifact).parent
+    for file in entry.artifacts:
+        path = folder / file.path
+        if not path.is_file():
+            return "missing"
+        if path.stat().st_size != file.bytes or sha256(path) != file.sha256:
+            return "altered"
+    if entry.verification not in ("passed",):
+        return "unverified"
+    return "fresh"

@@ -1,0 +1,74 @@
+"""`timmx build`: plan, compare with the manifest, run what is not up to date, record it."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from timmx.build.cache import job_key
+from timmx.build.execute import Executor, Outcome
+from timmx.build.manifest import Manifest, load_manifest, record, save_manifest, status_of
+from timmx.build.plan import PlannedJob, plan_build
+from timmx.build.spec import load_build_file
+
+
+@dataclass
+class BuildJob:
+    planned: PlannedJob
+    key: str
+    status: str  # fresh, new, stale, missing, altered, unverified (see manifest.status_of)
+
+
+@dataclass
+class Build:
+    root: Path  # the build file's folder: the jobs' workspace
+    output: Path
+    jobs: list[BuildJob]
+    manifest: Manifest
+    slots: int | None  # [build] jobs
+
+
+def load_build(path: Path) -> Build:
+    """Read the build file and find each job's key and state against the manifest."""
+    spec = load_build_file(path)
+    root = path.parent.resolve()
+    output = root / spec.build.output
+    manifest = load_manifest(output)
+    jobs = []
+    for planned in plan_build(spec):
+        key = job_key(planned, root)
+        status = status_of(manifest.jobs.get(planned.id), key, root)
+        jobs.append(BuildJob(planned, key, status))
+    return Build(root, output, jobs, manifest, spec.build.jobs)
+
+
+def run_build(
+    build: Build,
+    slots: int,
+    keep_going: bool,
+    on_start,
+    on_progress,
+    on_done,
+) -> list[Outcome]:
+    """Run every job that is not fresh; record each finished one in the manifest at once."""
+    by_id = {job.planned.id: job for job in build.jobs}
+    manifest = Manifest(jobs={i: r for i, r in build.manifest.jobs.items() if i in by_id})
+    lock = threading.Lock()
+
+    def done(outcome: Outcome) -> None:
+        planned = outcome.planned
+        with lock:
+            if outcome.result is not None:
+                manifest.jobs[planned.id] = record(
+                    by_id[planned.id].key, planned.job.output, outcome.result
+                )
+            else:
+                manifest.jobs.pop(planned.id, None)  # its old artifact is not this job's
+            save_manifest(manifest, build.output)
+        on_done(outcome)
+
+    todo = [job.planned for job in build.jobs if job.status != "fresh"]
+    save_manifest(manifest, build.output)
+    executor = Executor(build.root, slots, keep_going=keep_going)
+    return executor.run(todo, on_start, on_progress, done)
