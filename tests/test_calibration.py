@@ -53,20 +53,31 @@ def write_images(folder: Path, count: int, size=(40, 48), mode="RGB") -> Path:
         (torch.randn(4, 3, 32), ["3 dimensions [4, 3, 32]"]),
         (torch.randn(4, 1, 32, 32), ["[4, 1, 32, 32], 1 channels"]),
         (torch.randn(4, 32, 32, 3), ["channels-last", "permute(0, 3, 1, 2)"]),
-        (torch.randn(4, 3, 64, 64), ["64x64 pixels", "input size 3 32 32"]),
         (torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8), ["dtype torch.uint8"]),
         (torch.full((4, 3, 32, 32), float("nan")), ["NaN or Inf"]),
         (torch.randn(4, 3, 32, 32).index_fill_(0, torch.tensor([2]), float("inf")), ["NaN"]),
         (torch.empty(0, 3, 32, 32), ["empty (no samples)"]),
         ({"images": torch.randn(4, 3, 32, 32)}, ["holds a dict, not a tensor"]),
     ],
-    ids=["rank", "channels", "nhwc", "spatial", "dtype", "nan", "inf", "empty", "dict"],
+    ids=["rank", "channels", "nhwc", "dtype", "nan", "inf", "empty", "dict"],
 )
 def test_bad_calibration_tensor(cli, workdir, data, needles):
     save(workdir / "calib.pt", data)
     result = cli(*INT8, "--calibration-data", "calib.pt")
     assert_refused(result, "calib.pt", EXPECTED, *needles)
     assert leftovers(workdir) == ["calib.pt"]
+
+
+def test_calibration_tensor_of_another_size_is_resized(tmp_path):
+    from timmx.calibration import load_samples
+
+    save(tmp_path / "c.pt", torch.rand(3, 3, 64, 48))
+    warnings, warn = collect()
+    data = load_samples("c.pt", tmp_path, {}, TARGET, None, warn)
+    assert data.shape == (3, 3, 32, 32)
+    assert any("64x48 pixels" in w and "resized" in w for w in warnings), warnings
+    # bilinear with antialiasing keeps the range of the samples
+    assert float(data.min()) >= 0.0 and float(data.max()) <= 1.0
 
 
 @pytest.mark.parametrize(

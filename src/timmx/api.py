@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from timmx.contract import ExportResult
-from timmx.runners.base import Progress, no_progress
+from timmx.contract import ExportJob, ExportResult
+from timmx.runners.base import Progress, Runner, no_progress
+
+if TYPE_CHECKING:
+    from timmx.backends.base import Backend
 
 
 def export(
@@ -26,20 +29,31 @@ def export(
     """Export `model` with `backend`, verify it, write the artifact and its report; return the
     report. `progress` receives a line per step."""
     from timmx.backends import get_backend
+
+    implementation = get_backend(backend)
+    job, runner = job_and_runner(
+        implementation, model, options, bool(os.environ.get("TIMMX_DEBUG"))
+    )
+    return runner.run(job, Path.cwd(), progress or no_progress)
+
+
+def job_and_runner(
+    backend: Backend, model: str, options: dict[str, Any], verbose: bool
+) -> tuple[ExportJob, Runner]:
+    """Options (the CLI's flags by their Python names; the missing ones take their defaults)
+    as an ExportJob, and the runner they ask for: the one path of the CLI and the API."""
     from timmx.options import build_job, with_defaults
     from timmx.runners.base import select_runner
 
-    implementation = get_backend(backend)
-    values = with_defaults(implementation, options)
-    job = build_job(implementation, model, values)
+    values = with_defaults(backend, options)
     runner = select_runner(
         values["isolated"],
         memory=values["memory"],
         timeout_s=values["timeout"],
         build=values["build"],
-        verbose=bool(os.environ.get("TIMMX_DEBUG")),
+        verbose=verbose,
     )
-    return runner.run(job, Path.cwd(), progress or no_progress)
+    return build_job(backend, model, values), runner
 
 
 def export_model(backend: str, model_name: str, /, **options: Any) -> Path:

@@ -115,7 +115,7 @@ def load_samples(
         data = load_image_folder(full, path, data_config, target, cap, warn)
         check_values(data, path, target, warn)
         return data
-    data = load_tensor(full, path, target)
+    data = load_tensor(full, path, target, warn)
     check_values(data, path, target, warn)  # all of it: a damaged file is refused as a whole
     if limit is None and len(data) > cap:
         warn(
@@ -125,7 +125,7 @@ def load_samples(
     return data[:cap]
 
 
-def load_tensor(full: Path, path: str, target: Target) -> torch.Tensor:
+def load_tensor(full: Path, path: str, target: Target, warn: Warn) -> torch.Tensor:
     import torch
 
     expected = target.expected()
@@ -156,16 +156,35 @@ def load_tensor(full: Path, path: str, target: Target) -> torch.Tensor:
             f"calibration data {path} holds a {type(obj).__name__}, not a tensor: save "
             f"{expected} with torch.save"
         )
-    check_shape(obj, path, target)
+    check_shape(obj, path, target, any_size=True)
     if not obj.is_floating_point():
         raise InvalidInputError(
             f"calibration data {path} has dtype {obj.dtype}: expected {expected} (raw 8-bit "
             "images go in an image folder)"
         )
-    return obj.detach().to(torch.float32).contiguous()
+    data = obj.detach().to(torch.float32).contiguous()
+    return resized(data, path, target, warn)
 
 
-def check_shape(data: torch.Tensor, path: str, target: Target) -> None:
+def resized(data: torch.Tensor, path: str, target: Target, warn: Warn) -> torch.Tensor:
+    """Samples of another height and width than the export's, resized to it (bilinear, with
+    antialiasing), as timm's transform resizes images: one calibration set serves models
+    exported at different sizes."""
+    import torch.nn.functional as F
+
+    _, h, w = target.size
+    if list(data.shape[2:]) == [h, w]:
+        return data
+    warn(
+        f"calibration data {path} is {data.shape[2]}x{data.shape[3]} pixels, the export "
+        f"{h}x{w}: resized (bilinear); save samples at {h}x{w} to calibrate on exactly them"
+    )
+    return F.interpolate(data, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+
+
+def check_shape(data: torch.Tensor, path: str, target: Target, any_size: bool = False) -> None:
+    """Refuse a tensor that is not (N, C, H, W) with the model's channels; and, unless
+    `any_size`, of another height and width than the export's."""
     c, h, w = target.size
     shape = list(data.shape)
     problem = None
@@ -177,7 +196,7 @@ def check_shape(data: torch.Tensor, path: str, target: Target) -> None:
         problem = f"has shape {shape}, {shape[1]} channels"
         if shape[3] == c and shape[1:3] == [h, w]:
             problem += " (it looks channels-last: save x.permute(0, 3, 1, 2))"
-    elif shape[2:] != [h, w]:
+    elif shape[2:] != [h, w] and not any_size:
         problem = f"has shape {shape}, {shape[2]}x{shape[3]} pixels"
     if problem:
         raise InvalidInputError(

@@ -86,20 +86,11 @@ def _parameters(backend: Backend) -> list[inspect.Parameter]:
 
 
 def _run(backend: Backend, model_name: str, json_out: bool, values: dict[str, Any]) -> None:
-    from timmx.options import build_job, with_defaults
-    from timmx.runners.base import select_runner
+    from timmx.api import job_and_runner
 
-    values = with_defaults(backend, values)
-    job = build_job(backend, model_name, values)
-    runner = select_runner(
-        values["isolated"],
-        memory=values["memory"],
-        timeout_s=values["timeout"],
-        build=values["build"],
-        verbose=console.debug_enabled(),
-    )
+    job, runner = job_and_runner(backend, model_name, values, console.debug_enabled())
     workspace = Path.cwd()
-    if values["isolated"]:
+    if values.get("isolated"):
         result = runner.run(job, workspace, progress=_print_progress)
     else:
         with console.err.status("Starting", spinner="dots") as status:

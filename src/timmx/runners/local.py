@@ -46,13 +46,14 @@ class LocalRunner:
 
         progress("Loading torch and timm")
         tick = time.perf_counter()
-        from timmx.modeling import prepare
-        from timmx.verification import describe_failure
-
+        with converters_quiet(self.verbose):  # import-time notes of torch, torchvision, timm
+            from timmx.modeling import prepare
+            from timmx.verification import describe_failure
         timings["import_s"] = time.perf_counter() - tick
         progress(f"Creating {job.model.name}")
         tick = time.perf_counter()
-        prepared = prepare(job, workspace)
+        with converters_quiet(self.verbose):  # timm's and torch.load's warnings
+            prepared = prepare(job, workspace)
         timings["model_s"] = time.perf_counter() - tick
 
         with staging_folder(destination) as staging:
