@@ -254,3 +254,64 @@ def test_int8_litert_calibrated_in_a_build(cli, workdir, make_checkpoint):
     scale = float(np.abs(expected).max())
     assert float(np.abs(actual - expected).max()) <= 0.15 * scale
     assert os.path.getsize(workdir / "dist/resnet18/tflite-int8/resnet18.tflite") < 20e6
+
+
+def test_the_same_file_twice_gives_the_same_bytes(cli, workdir, make_checkpoint):
+    """Reproducible backends (README): onnx, torch-export, torchscript, litert (also int8)."""
+    import shutil
+
+    (workdir / "ckpt").mkdir()
+    (workdir / "ckpt/r.pth").write_bytes(make_checkpoint("resnet18", num_classes=10).read_bytes())
+    torch.save(
+        torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(4)), workdir / "c.pt"
+    )
+    targets = "".join(
+        f'\n[[targets]]\nbackend = "{b}"\n'
+        for b in ("onnx", "torch-export", "torchscript", "litert")
+    )
+    (workdir / "timmx.toml").write_text(
+        "[defaults]\ninput-size = [3, 32, 32]\nnum-classes = 10\n\n"
+        '[[models]]\nname = "resnet18"\ncheckpoint = "ckpt/r.pth"\n'
+        + targets
+        + '\n[[targets]]\nbackend = "litert"\nname = "int8"\nmode = "int8"\n'
+        + 'calibration-data = "c.pt"\n'
+    )
+    hashes = []
+    for _ in range(2):
+        shutil.rmtree(workdir / "dist", ignore_errors=True)
+        assert cli("build", "--jobs", 2).code == 0
+        jobs = manifest(workdir)["jobs"]
+        hashes.append({job: [f["sha256"] for f in e["artifacts"]] for job, e in jobs.items()})
+    assert len(hashes[0]) == 5 and hashes[0] == hashes[1]
+
+
+def test_ctrl_c_leaves_nothing_half_written(project):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "timmx", "build", "--jobs", "2"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    staging: list[Path] = []
+    while time.monotonic() < deadline and not staging and proc.poll() is None:
+        staging = [p for p in (project / "dist").rglob(".*") if p.is_dir()]
+        time.sleep(0.05)
+    assert staging, "no export was under way to interrupt"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert [p for p in (project / "dist").rglob(".*")] == []  # no staging folder
+    for entry in manifest(project)["jobs"].values():  # what is recorded is whole
+        assert (project / entry["artifact"]).exists()
+    workers = subprocess.run(
+        ["pgrep", "-f", f"timmx.worker --serve {project}"], capture_output=True
+    )
+    assert workers.stdout.strip() == b""
