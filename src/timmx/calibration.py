@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 DEFAULT_MAX_SAMPLES = 512
 # --random-calibration without a count: this many batches.
 DEFAULT_RANDOM_STEPS = 16
+# Samples kept out of calibration to verify the quantized artifact on: at most this many, and
+# (for random calibration) at least this many fresh draws.
+HELD_OUT_MAX = 64
+HELD_OUT_MIN = 16
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
 _RANDOM_SEED = 20_240_917  # not a verification seed: calibration and verification differ
 
@@ -48,14 +52,24 @@ class Target:
         return f"an (N, {c}, {h}, {w}) float32 tensor {what}"
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """Batches to calibrate on, and samples calibration did not see, to verify on."""
+
+    batches: list[torch.Tensor]
+    held_out: torch.Tensor  # (M, C, H, W), M a whole number of batches
+    held_out_label: str  # how the report names them
+
+
 def calibration_batches(
     spec: CalibrationSpec | None,
     workspace: Path,
     target: Target,
     data_config: dict[str, Any],
     warn: Warn,
-) -> list[torch.Tensor]:
-    """The calibration batches `spec` asks for, validated; NCHW float32 on the CPU.
+) -> Calibration:
+    """The calibration batches `spec` asks for, validated (NCHW float32 on the CPU), and the
+    samples held out of them for verification.
 
     `data_config` is timm's resolved data config of the model: an image folder is preprocessed
     with it. Paths in `spec` are relative to `workspace`."""
@@ -71,10 +85,34 @@ def calibration_batches(
             "not your data; not for production, pass --calibration-data"
         )
         data = random_samples(target, limit or DEFAULT_RANDOM_STEPS * target.batch_size)
+        count = max(HELD_OUT_MIN // target.batch_size, 1) * target.batch_size
+        held = random_samples(target, count, seed=_RANDOM_SEED + 1)
+        label = f"fresh random draws like the calibration's ({count})"
+        return Calibration(to_batches(data, spec, target, warn), held, label)
+    assert spec.path is not None
+    room = None if limit is None else limit + HELD_OUT_MAX  # samples past the limit verify
+    data = load_samples(spec.path, workspace, data_config, target, room, warn)
+    data, held, label = hold_out(data, target.batch_size, limit)
+    return Calibration(to_batches(data, spec, target, warn), held, label)
+
+
+def hold_out(
+    data: torch.Tensor, batch: int, limit: int | None
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Split samples into calibration and verification: the samples past `limit` when there
+    are any, else the last fifth (whole batches, at most HELD_OUT_MAX); with fewer than two
+    batches, none can be spared and verification runs on the calibration samples themselves."""
+    n = len(data)
+    if limit is not None and n >= limit + batch:
+        calibration, extra = data[:limit], data[limit:]
+    elif n >= 2 * batch:
+        count = max(batch, min(HELD_OUT_MAX, n // 5) // batch * batch)
+        calibration, extra = data[: n - count], data[n - count :]
     else:
-        assert spec.path is not None
-        data = load_samples(spec.path, workspace, data_config, target, limit, warn)
-    return to_batches(data, spec, target, warn)
+        seen = data[: n // batch * batch]
+        return data, seen, f"the calibration samples themselves ({len(seen)}, too few to hold out)"
+    held = extra[: min(HELD_OUT_MAX, len(extra)) // batch * batch]
+    return calibration, held, f"held-out calibration samples ({len(held)})"
 
 
 def sample_limit(spec: CalibrationSpec, batch_size: int) -> int | None:
@@ -85,11 +123,11 @@ def sample_limit(spec: CalibrationSpec, batch_size: int) -> int | None:
     return min(limits) if limits else None
 
 
-def random_samples(target: Target, count: int) -> torch.Tensor:
+def random_samples(target: Target, count: int, seed: int = _RANDOM_SEED) -> torch.Tensor:
     """Drawn like the verification inputs: pixels in [0, 1], or N(0, 1) when not normalised."""
     import torch
 
-    generator = torch.Generator().manual_seed(_RANDOM_SEED)
+    generator = torch.Generator().manual_seed(seed)
     shape = (count, *target.size)
     draw = torch.rand if target.pixels else torch.randn
     return draw(shape, generator=generator)

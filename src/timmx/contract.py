@@ -126,6 +126,9 @@ class VerificationCheck(_Strict):
 class Verification(_Strict):
     status: Literal["passed", "failed", "skipped", "partial"]
     runtime: str | None = None
+    inputs: str | None = Field(
+        None, description="What the artifact was run on: seeded noise, held-out samples..."
+    )
     atol: float | None = None
     rtol: float | None = None
     min_top1: float | None = None

@@ -62,29 +62,47 @@ def verify(
     batch_sizes: list[int],
     tolerance: Tolerance,
     known: dict[tuple[int, int], torch.Tensor] | None = None,
+    samples: torch.Tensor | None = None,
+    samples_label: str | None = None,
 ) -> Verification:
-    """Run the artifact and `module` on seeded inputs, one check per batch size. `known` holds
-    outputs of `module` already computed, by (seed, batch): they are not computed again."""
+    """Run the artifact and `module` on the same inputs, one check per batch size: `samples`
+    (e.g. held-out calibration data) in chunks of that batch size where there are enough, else
+    seeded inputs like the example's. `known` holds outputs of `module` already computed for
+    seeded inputs, by (seed, batch): they are not computed again."""
     import torch
-
-    from timmx.modeling import make_input
 
     device = next(iter(module.buffers()), next(module.parameters())).device
     known = known or {}
+    if samples is None and tolerance.samples > 1:  # seeded inputs, enough for top-1 to count
+        batch = batch_sizes[0]
+        count = -(-tolerance.samples // batch) * batch
+        samples = _seeded(job, input_size, job.verify.seed, count)
+        kind = "uniform [0, 1]" if job.preprocess.normalize else "normal N(0, 1)"
+        samples_label = f"seeded {kind} ({count})"
     checks = []
+    used_samples = False
     for i, batch in enumerate(batch_sizes):
-        seed = job.verify.seed + i
-        x = make_input(job, input_size, seed=seed, batch=batch)
-        reference_out = known.get((seed, batch))
-        if reference_out is None:
-            with torch.inference_mode():
-                reference_out = module(x.to(device))
-        reference = reference_out.float().cpu().numpy()
-        actual = runtime(x.numpy())
-        checks.append(compare(reference, actual, tolerance, batch))
+        chunks = _chunks(samples, batch)
+        if chunks:
+            used_samples = True
+        else:
+            chunks = [_seeded(job, input_size, job.verify.seed + i, batch)]
+        references, actuals = [], []
+        for x in chunks:
+            reference_out = known.get((job.verify.seed + i, batch)) if samples is None else None
+            if reference_out is None:
+                with torch.inference_mode():
+                    reference_out = module(x.to(device))
+            references.append(reference_out.float().cpu().numpy())
+            actuals.append(np.asarray(runtime(x.numpy())).reshape(references[-1].shape))
+        checks.append(
+            compare(np.concatenate(references), np.concatenate(actuals), tolerance, batch)
+        )
+    seeded = "seeded uniform [0, 1]" if job.preprocess.normalize else "seeded normal N(0, 1)"
     return Verification(
         status="passed" if all(c.passed for c in checks) else "failed",
         runtime=runtime_name,
+        inputs=samples_label if used_samples else seeded,
         atol=tolerance.atol,
         rtol=tolerance.rtol,
         min_top1=tolerance.min_top1,
@@ -92,13 +110,29 @@ def verify(
     )
 
 
+def _chunks(samples: torch.Tensor | None, batch: int) -> list[torch.Tensor]:
+    """`samples` as whole batches of `batch` (none when there are too few)."""
+    if samples is None:
+        return []
+    count = len(samples) // batch
+    return [samples[i * batch : (i + 1) * batch].contiguous() for i in range(count)]
+
+
+def _seeded(job: ExportJob, input_size: tuple[int, ...], seed: int, batch: int) -> torch.Tensor:
+    from timmx.modeling import make_input
+
+    return make_input(job, input_size, seed=seed, batch=batch)
+
+
 def describe_failure(result: Verification) -> str:
-    worst = max(result.checks, key=lambda c: c.max_abs_error)
+    failed = [c for c in result.checks if not c.passed] or result.checks
+    worst = max(failed, key=lambda c: c.max_abs_error)
     tol = f"atol {result.atol:g} + rtol {result.rtol:g} x max|reference|"
     if result.min_top1 is not None:
         tol += f", top-1 >= {result.min_top1:.0%}"
+    on = f" on {result.inputs}" if result.inputs else ""
     return (
-        f"verification failed in {result.runtime} (batch {worst.batch_size}): max abs error "
+        f"verification failed in {result.runtime}{on} (batch {worst.batch_size}): max abs error "
         f"{worst.max_abs_error:.3g}, max rel error {worst.max_rel_error:.3g}, top-1 agreement "
         f"{worst.top1_agreement:.0%}; tolerance {tol}. No artifact was written: loosen with "
         "--atol/--rtol if this is expected, or --no-verify"

@@ -31,7 +31,7 @@ def show_result(result: ExportResult, artifact: Path) -> None:
             "verified",
             f"[green]{v.status}[/] in {v.runtime}: max abs error {v.worst('max_abs_error'):.2e}, "
             f"top-1 agreement {v.worst('top1_agreement'):.0%} "
-            f"(batch {', '.join(str(c.batch_size) for c in v.checks)})",
+            f"(batch {', '.join(str(c.batch_size) for c in v.checks)}; {v.inputs})",
         )
     elif v is not None:
         table.add_row("verified", f"[yellow]{v.status}[/]: {v.note}")

@@ -150,5 +150,7 @@ class LocalRunner:
                 backend.verify_batch_sizes(ctx.job),
                 effective_tolerance(backend.tolerance(options), ctx.job),
                 known={(ctx.job.verify.seed, ctx.job.input.batch_size): prepared.example_output},
+                samples=ctx.verification_inputs,
+                samples_label=ctx.verification_label,
             )
         return verification.model_copy(update={"note": note, "details": details})
