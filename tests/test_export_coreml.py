@@ -330,8 +330,56 @@ def test_labels_must_fit_the_model(cli, workdir, make_checkpoint):
 def test_converter_failure_is_one_line_with_the_fix(cli, workdir):
     if tuple(int(p) for p in np.__version__.split(".")[:2]) < (2, 4):
         pytest.skip("coremltools' TorchScript frontend fails this way with numpy >= 2.4 only")
-    result = cli("export", "coreml", "edgenext_xx_small", "--input-size", 3, 64, 64)
+    args = ("export", "coreml", "edgenext_xx_small", "--input-size", 3, 64, 64)
+    result = cli(*args, "--source", "trace")
     assert_refused(
         result, "coremltools could not convert edgenext_xx_small", "--source torch-export"
     )
     assert leftovers(workdir) == []
+
+
+def test_default_source_falls_back_to_torch_export(cli, workdir, make_checkpoint):
+    """The trace fails for edgenext here (numpy >= 2.4): without --source, torch.export's
+    program converts, the report says so, and the artifact matches PyTorch."""
+    ckpt = make_checkpoint("edgenext_xx_small", num_classes=10)
+    result = export(
+        cli,
+        ckpt,
+        "e.mlpackage",
+        "--compute-precision",
+        "float32",
+        model="edgenext_xx_small",
+        size=64,
+    )
+    assert result.code == 0, result.err
+    report = result.report(workdir / "e.mlpackage")
+    details = report["verification"]["details"]
+    trace_failed = tuple(int(p) for p in np.__version__.split(".")[:2]) >= (2, 4)
+    assert details["source"] == ("torch-export" if trace_failed else "trace")
+    if trace_failed:
+        assert any("TorchScript trace" in w for w in report["warnings"])
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    expected = reference_model("edgenext_xx_small", ckpt, num_classes=10)(x).detach().numpy()
+    actual = run_program(workdir / "e.mlpackage", x.numpy())["output"]
+    assert_matches(actual, expected, rel=1e-3)
+
+
+def test_float16_overflow_is_named_with_the_fix_that_works(cli, workdir, make_checkpoint):
+    state = torch.load(make_checkpoint("resnet18", num_classes=10), weights_only=True)
+    state["fc.weight"] *= 1e5  # logits far beyond float16's 65504
+    torch.save(state, workdir / "big.pth")
+    result = export(cli, workdir / "big.pth", "big.mlpackage")
+    assert_refused(result, "not finite", "float16 overflowed", "--compute-precision float32")
+    assert "--atol" not in result.err
+    fixed = export(cli, workdir / "big.pth", "big.mlpackage", "--compute-precision", "float32")
+    assert fixed.code == 0, fixed.err
+
+
+def test_a_neuralnetwork_is_never_said_to_be_verified_numerically(cli, workdir, make_checkpoint):
+    ckpt = make_checkpoint("resnet18", num_classes=10)
+    result = export(cli, ckpt, "n.mlmodel", "--convert-to", "neuralnetwork")
+    assert result.code == 0, result.err
+    report = result.report(workdir / "n.mlmodel")
+    assert report["verification"]["status"] == "skipped"
+    said = " ".join([*report["warnings"], result.out])
+    assert "verified numerically" not in said

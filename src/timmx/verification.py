@@ -124,13 +124,21 @@ def _seeded(job: ExportJob, input_size: tuple[int, ...], seed: int, batch: int) 
     return make_input(job, input_size, seed=seed, batch=batch)
 
 
-def describe_failure(result: Verification) -> str:
+def describe_failure(result: Verification, nonfinite_fix: str | None = None) -> str:
+    """One line for a failed verification. Outputs that are not finite (inf: an overflow) get
+    the fix the backend names, not a tolerance that cannot help."""
     failed = [c for c in result.checks if not c.passed] or result.checks
     worst = max(failed, key=lambda c: c.max_abs_error)
+    on = f" on {result.inputs}" if result.inputs else ""
+    if not np.isfinite(worst.max_abs_error):
+        fix = nonfinite_fix or "check the export's precision; no tolerance can accept them"
+        return (
+            f"verification failed in {result.runtime}{on} (batch {worst.batch_size}): the "
+            f"artifact's outputs are not finite (inf or NaN): {fix}. No artifact was written"
+        )
     tol = f"atol {result.atol:g} + rtol {result.rtol:g} x max|reference|"
     if result.min_top1 is not None:
         tol += f", top-1 >= {result.min_top1:.0%}"
-    on = f" on {result.inputs}" if result.inputs else ""
     return (
         f"verification failed in {result.runtime}{on} (batch {worst.batch_size}): max abs error "
         f"{worst.max_abs_error:.3g}, max rel error {worst.max_rel_error:.3g}, top-1 agreement "

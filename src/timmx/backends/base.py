@@ -131,6 +131,10 @@ class Backend(ABC):
     def tolerance(self, options: Any) -> Tolerance:
         return FP32
 
+    def nonfinite_fix(self, options: Any) -> str | None:
+        """What to do when the artifact's outputs overflow (inf), where the backend knows."""
+        return None
+
     def missing_packages(self) -> list[str]:
         from timmx.environment import package_versions
 

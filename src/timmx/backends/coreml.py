@@ -33,7 +33,7 @@ from timmx.backends.base import (
     Tolerance,
 )
 from timmx.contract import ExportJob
-from timmx.errors import InvalidInputError
+from timmx.errors import ExportFailedError, InvalidInputError, first_line
 
 PALETTE_BITS = (1, 2, 3, 4, 6, 8)
 
@@ -57,9 +57,10 @@ class CoremlOptions(BackendOptions):
     compute_precision: Literal["float16", "float32"] | None = Field(
         None, description="mlprogram compute precision (default float16, Core ML's default)."
     )
-    source: Literal["trace", "torch-export"] = Field(
-        "trace",
-        description="What coremltools converts: a TorchScript trace or a torch.export program.",
+    source: Literal["auto", "trace", "torch-export"] = Field(
+        "auto",
+        description="What coremltools converts: a TorchScript trace, a torch.export program, or "
+        "auto (the trace, and torch.export where the trace fails; the report says which).",
     )
     batch_upper_bound: int | None = Field(
         None,
@@ -138,6 +139,14 @@ class CoremlBackend(Backend):
             return FP16
         return FP32
 
+    def nonfinite_fix(self, options: CoremlOptions) -> str | None:
+        if options.convert_to == "mlprogram" and options.compute_precision != "float32":
+            return (
+                "float16 overflowed (activations beyond 65504, common after reparameterization "
+                "or with large norm statistics): export with --compute-precision float32"
+            )
+        return None
+
     def verify_batch_sizes(self, job: ExportJob) -> list[int]:
         batch = job.input.batch_size
         if not job.input.dynamic_batch:
@@ -148,7 +157,7 @@ class CoremlBackend(Backend):
 
     def export(self, ctx: ExportContext, options: CoremlOptions) -> list[Path]:
         from timmx.backends._coreml.compress import compress
-        from timmx.backends._coreml.convert import convert, module_to_convert, source_program
+        from timmx.backends._coreml.convert import module_to_convert
         from timmx.backends._coreml.inspect import check_saved
         from timmx.backends._coreml.metadata import annotate
         from timmx.backends._coreml.plan import make_plan
@@ -156,11 +165,12 @@ class CoremlBackend(Backend):
 
         ct, warning = import_coremltools()
         if warning:
-            ctx.warn(warning)
+            # Say it is verified only where numerics are compared: not a neuralnetwork off macOS.
+            checked = options.convert_to == "mlprogram" or _on_core_ml()
+            ctx.warn(warning + (" (this export is verified numerically)" if checked else ""))
         plan = make_plan(ctx, options)
         module = module_to_convert(ctx.model, ctx.timm_model, plan)
-        program = source_program(module, ctx.example_input, plan, options.source)
-        mlmodel = convert(ct, program, plan, options.source)
+        mlmodel = _convert_from_a_source(ctx, ct, module, plan, options.source)
         mlmodel = compress(ct, mlmodel, plan)
         annotate(mlmodel, plan)
         mlmodel.save(str(ctx.artifact))
@@ -188,6 +198,33 @@ class CoremlBackend(Backend):
             details["classifier"]["labels"] = len(class_labels(artifact, read_spec(artifact)))
         details["note"] = _note(options, details)
         return details
+
+
+def _convert_from_a_source(ctx: ExportContext, ct, module, plan, chosen: str):
+    """Convert from the chosen frontend; with `auto`, from the TorchScript trace and, where
+    that fails, from a torch.export program (the report's details say which one)."""
+    from timmx.backends._coreml.convert import SOURCE_NAMES, convert, source_program
+
+    sources = ["trace", "torch-export"] if chosen == "auto" else [chosen]
+    failures: list[str] = []
+    for source in sources:
+        try:
+            program = source_program(module, ctx.example_input, plan, source)
+            mlmodel = convert(ct, program, plan, source, hint=len(sources) == 1)
+        except Exception as exc:
+            if len(sources) == 1:
+                raise
+            failures.append(f"{SOURCE_NAMES[source]}: {first_line(exc, 160)}")
+            continue
+        ctx.details["source"] = source
+        if failures:
+            ctx.warn(f"converted from a {SOURCE_NAMES[source]}; the {failures[0]}")
+        return mlmodel
+    raise ExportFailedError(
+        f"coremltools could not convert {plan.model_name} from either frontend "
+        f"({'; '.join(failures)}): export it to another format (onnx, litert), or try "
+        "--convert-to neuralnetwork"
+    )
 
 
 def _on_core_ml() -> bool:

@@ -80,7 +80,8 @@ class LocalRunner:
                 verification = self._verify(backend, options, ctx, prepared, staged[0])
                 timings["verify_s"] = time.perf_counter() - tick
                 if verification.status == "failed":
-                    raise VerificationError(describe_failure(verification))
+                    fix = backend.nonfinite_fix(options)
+                    raise VerificationError(describe_failure(verification, fix))
 
             tick = time.perf_counter()
             artifacts = describe_files(staged, staging)

@@ -64,7 +64,7 @@ def _column(values: tuple[float, ...]):
     return torch.tensor(values).view(1, -1, 1, 1)
 
 
-def convert(ct: Any, program: Any, plan: Plan, source: str) -> Any:
+def convert(ct: Any, program: Any, plan: Plan, source: str, hint: bool = True) -> Any:
     import numpy as np
 
     shape: Any = (plan.batch, *plan.input_size)
@@ -100,8 +100,8 @@ def convert(ct: Any, program: Any, plan: Plan, source: str) -> Any:
         mlmodel = ct.convert(program, source="pytorch", **kwargs)
     except Exception as exc:
         raise ExportFailedError(
-            f"coremltools could not convert {plan.model_name} from its {_names[source]} "
-            f"({first_line(exc)}){_hint(exc, source)}"
+            f"coremltools could not convert {plan.model_name} from its {SOURCE_NAMES[source]} "
+            f"({first_line(exc)}){_hint(exc, source) if hint else ''}"
         ) from exc
     return _name_probabilities(ct, mlmodel) if plan.labels is not None else mlmodel
 
@@ -119,7 +119,7 @@ def _name_probabilities(ct: Any, mlmodel: Any) -> Any:
     return ct.models.MLModel(spec)
 
 
-_names = {"trace": "TorchScript trace", "torch-export": "torch.export program"}
+SOURCE_NAMES = {"trace": "TorchScript trace", "torch-export": "torch.export program"}
 
 
 def _hint(exc: Exception, source: str) -> str:

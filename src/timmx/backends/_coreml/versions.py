@@ -19,7 +19,7 @@ def import_coremltools():
     if tested is not None and _newer(torch.__version__, tested):
         warning = (
             f"coremltools {ct.__version__} was tested with torch up to {tested}; this is torch "
-            f"{torch.__version__.split('+')[0]} (this export is verified numerically)"
+            f"{torch.__version__.split('+')[0]}"
         )
     return ct, warning
 
