@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade "pip>=25.1"
 	$(BIN)/pip install -q $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL)) \
 		torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
-	$(BIN)/pip install -q -e ".[all]" --group dev
+	$(BIN)/pip install -q -e ".[all,ray]" --group dev
 	touch $@
 
 # Everything: in-process exports, then the Docker engine and images for the isolated tests.

@@ -4,7 +4,8 @@ rest, Ctrl-C stopping everything.
 In-process jobs go to warm workers (`python -m timmx.worker --serve`): one process per parallel
 slot serves many jobs, so torch, timm and the converters are imported once per slot, not once
 per job, and each job still runs in a process of its own seeding. Isolated jobs run their
-container through `DockerRunner`, as `timmx export --isolated` does.
+container through `DockerRunner`, as `timmx export --isolated` does. With a Ray address every
+job is a task on that cluster instead (`timmx.build.ray_runner`).
 """
 
 from __future__ import annotations
@@ -97,12 +98,16 @@ class WarmWorker:
 
 
 class Executor:
-    """Runs planned jobs on `slots` threads; each slot has its own warm worker."""
+    """Runs planned jobs on `slots` threads; each slot has its own warm worker. With
+    `ray_address`, each job is a task on that Ray cluster, `slots` of them at once."""
 
-    def __init__(self, workspace: Path, slots: int, keep_going: bool = True) -> None:
+    def __init__(
+        self, workspace: Path, slots: int, keep_going: bool = True, ray_address: str | None = None
+    ) -> None:
         self.workspace = workspace
         self.slots = slots
         self.keep_going = keep_going
+        self.ray_address = ray_address
         self._workers: list[WarmWorker] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -114,6 +119,19 @@ class Executor:
         on_progress: Callable[[PlannedJob, str], None],
         on_done: Callable[[Outcome], None],
     ) -> list[Outcome]:
+        if self.ray_address is not None:
+            from timmx.build.ray_runner import run_on_ray
+
+            return run_on_ray(
+                self.ray_address,
+                self.workspace,
+                jobs,
+                self.slots,
+                self.keep_going,
+                on_start,
+                on_progress,
+                on_done,
+            )
         pending: queue.Queue[PlannedJob] = queue.Queue()
         for planned in jobs:
             pending.put(planned)

@@ -50,8 +50,10 @@ def run_build(
     on_start,
     on_progress,
     on_done,
+    ray_address: str | None = None,
 ) -> list[Outcome]:
-    """Run every job that is not fresh; record each finished one in the manifest at once."""
+    """Run every job that is not fresh; record each finished one in the manifest at once.
+    With `ray_address`, each job runs as a task on that Ray cluster."""
     by_id = {job.planned.id: job for job in build.jobs}
     manifest = Manifest(jobs={i: r for i, r in build.manifest.jobs.items() if i in by_id})
     lock = threading.Lock()
@@ -70,5 +72,5 @@ def run_build(
 
     todo = [job.planned for job in build.jobs if job.status != "fresh"]
     save_manifest(manifest, build.output)
-    executor = Executor(build.root, slots, keep_going=keep_going)
+    executor = Executor(build.root, slots, keep_going=keep_going, ray_address=ray_address)
     return executor.run(todo, on_start, on_progress, done)

@@ -52,6 +52,16 @@ def build_command(
             "unverified; build nothing.",
         ),
     ] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Run each job as a task on the Ray cluster at ADDRESS (HOST:PORT of its head, "
+            "ray://HOST:PORT, or auto); needs timmx\\[ray] here and timmx on every node.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Export every model of the build file to every target; skip what is up to date."""
     from timmx.build.execute import default_jobs
@@ -78,7 +88,13 @@ def build_command(
             )
         console.err.print(f"[green]all {len(build.jobs)} artifacts are up to date[/]")
         return
-    outcomes = _run(build, jobs or build.slots or default_jobs(), keep_going)
+    if ray is not None:
+        from timmx.build.ray_runner import require_ray
+
+        require_ray()
+    # On Ray every job is queued at once unless capped: the cluster schedules them.
+    slots = jobs or build.slots or (len(build.jobs) if ray is not None else default_jobs())
+    outcomes = _run(build, slots, keep_going, ray)
     _summary(build, outcomes)
     failed = [o for o in outcomes if o.error is not None]
     if failed:
@@ -88,7 +104,7 @@ def build_command(
         )
 
 
-def _run(build, slots: int, keep_going: bool):
+def _run(build, slots: int, keep_going: bool, ray_address: str | None = None):
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from timmx.build.run import run_build
@@ -113,7 +129,7 @@ def _run(build, slots: int, keep_going: bool):
             )
             progress.update(tasks[planned.id], description=text, total=1, completed=1)
 
-        return run_build(build, slots, keep_going, start, step, done)
+        return run_build(build, slots, keep_going, start, step, done, ray_address=ray_address)
 
 
 def _plan_table(build) -> None:

@@ -32,6 +32,18 @@ class Runner(Protocol):
     ) -> ExportResult: ...
 
 
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def memory_bytes(text: str) -> int | None:
+    """A memory size as Docker writes it (`8g`, `512m`, a byte count) in bytes; None if it is
+    not one."""
+    import re
+
+    match = re.fullmatch(r"([0-9]+)([bkmg]?)", str(text).strip(), re.IGNORECASE)
+    return None if match is None else int(match[1]) * _UNITS[match[2].lower()]
+
+
 def check_job(job: ExportJob, workspace: Path) -> tuple[Backend, BackendOptions]:
     """Everything that can be refused without torch: backend, options, output path."""
     from timmx.backends import get_backend

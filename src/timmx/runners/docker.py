@@ -10,7 +10,6 @@ place atomically and writes the same report as an in-process export. No torch he
 from __future__ import annotations
 
 import os
-import re
 import signal
 import threading
 import time
@@ -26,13 +25,12 @@ from timmx.images.engine import connect
 from timmx.images.find import ensure_image
 from timmx.images.identity import BuildSettings
 from timmx.output import publish, staging_folder
-from timmx.runners.base import Progress, check_job, no_progress, save_report
+from timmx.runners.base import Progress, check_job, memory_bytes, no_progress, save_report
 from timmx.runners.container_job import JOB_DIR, Mounts, host_paths, stage_job
 from timmx.runners.container_result import read_result, staged_artifacts
 
 RUN_LABEL = "ai.timmx.run"  # on every export container, so none can hide
 _EXIT_SIGKILL = 137
-_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _MIN_MEMORY = 64 * 1024**2  # a floor for typos like 8m: importing torch alone needs more
 
 
@@ -182,8 +180,8 @@ class DockerRunner:
 
 
 def _check_limits(memory: str, timeout_s: int) -> None:
-    match = re.fullmatch(r"([0-9]+)([bkmg]?)", str(memory), re.IGNORECASE)
-    if match is None or int(match[1]) * _UNITS[match[2].lower()] < _MIN_MEMORY:
+    size = memory_bytes(memory)
+    if size is None or size < _MIN_MEMORY:
         raise InvalidInputError(
             f"--memory takes a size like 8g or 512m (at least 64m), got {memory!r}"
         )
