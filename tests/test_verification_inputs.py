@@ -24,16 +24,16 @@ def int8(cli, ckpt, *flags):
 def test_pixels_in_0_1_calibrate_and_verify_on_held_out_samples(cli, workdir, make_checkpoint):
     """The issue's case: a model fed [0, 1] pixels, calibrated on them, was refused (0.806)."""
     ckpt = make_checkpoint("resnet18", num_classes=10)
-    data = torch.rand(40, 3, 48, 48, generator=torch.Generator().manual_seed(5))
+    data = torch.rand(80, 3, 48, 48, generator=torch.Generator().manual_seed(5))
     torch.save(data, workdir / "calib.pt")
     result = int8(cli, ckpt, "--calibration-data", "calib.pt")
     assert result.code == 0, result.err
     verification = result.report(workdir / "q.tflite")["verification"]
-    assert verification["inputs"] == "held-out calibration samples (8)"  # the last fifth
+    assert verification["inputs"] == "held-out calibration samples (16)"  # the last fifth
     assert verification["min_top1"] == 0.8 and verification["checks"][0]["top1_agreement"] >= 0.8
 
     # Independently: the held-out samples (never calibrated on) through the artifact.
-    held = data[32:]
+    held = data[64:]
     expected = reference_model("resnet18", ckpt, num_classes=10)(held).detach().numpy()
     actual = run_tflite(workdir / "q.tflite", held.numpy())
     scale = float(np.abs(expected).max())
@@ -47,7 +47,10 @@ def test_samples_past_the_limit_are_held_out(cli, workdir, make_checkpoint):
     result = int8(cli, ckpt, "--calibration-data", "calib.pt", "--calibration-samples", 12)
     assert result.code == 0, result.err
     report = result.report(workdir / "q.tflite")
-    assert report["verification"]["inputs"] == "held-out calibration samples (8)"
+    assert report["verification"]["inputs"] == (
+        "held-out calibration samples (8); top-1 not required with fewer than 16"
+    )
+    assert report["verification"]["min_top1"] is None  # too few for top-1 to mean much
 
 
 def test_too_few_samples_verify_on_the_calibration_set_and_say_so(cli, workdir, make_checkpoint):
@@ -57,7 +60,10 @@ def test_too_few_samples_verify_on_the_calibration_set_and_say_so(cli, workdir, 
     )
     assert result.code == 0, result.err
     inputs = result.report(workdir / "q.tflite")["verification"]["inputs"]
-    assert inputs == "the calibration samples themselves (1, too few to hold out)"
+    assert inputs == (
+        "the calibration samples themselves (1, too few to hold out); "
+        "top-1 not required with fewer than 16"
+    )
 
 
 def test_random_calibration_verifies_on_fresh_draws(cli, workdir, make_checkpoint):
@@ -108,9 +114,9 @@ def test_top1_below_the_threshold_is_a_failure_that_states_both_bounds():
 
 
 def test_refusal_names_the_inputs(cli, workdir, make_checkpoint):
-    torch.save(torch.randn(10, 3, 48, 48), workdir / "calib.pt")
+    torch.save(torch.randn(80, 3, 48, 48), workdir / "calib.pt")
     result = int8(
         cli, make_checkpoint("resnet18", num_classes=10), "--calibration-data", "calib.pt",
         "--atol", 0, "--rtol", 0,
     )  # fmt: skip
-    assert_refused(result, "on held-out calibration samples (2)", "top-1 >= 80%")
+    assert_refused(result, "on held-out calibration samples (16)", "top-1 >= 80%")
