@@ -29,7 +29,6 @@ from timmx.build.execute import Outcome
 from timmx.build.plan import PlannedJob
 from timmx.contract import ExportJob, ExportResult
 from timmx.errors import (
-    CheckpointError,
     ContractError,
     ExportFailedError,
     InvalidInputError,
@@ -193,10 +192,11 @@ class _RayBuild:
         from timmx import __version__
         from timmx.build.cache import input_paths, toolchain_identity
         from timmx.runners.base import check_job
+        from timmx.runners.container_job import check_input_files
 
         job = planned.job
         check_job(job, self.workspace)  # options and output, here, as a local run does
-        _check_inputs(job, self.workspace)
+        check_input_files(job, self.workspace)
         renames: dict[str, str] = {}  # build-file path -> path in the node's workspace
         for i, path in enumerate(input_paths(planned)):
             renames[path] = path if _inside(path) else f"_inputs/{i}/{Path(path).name}"
@@ -440,27 +440,6 @@ def _read_input(path: Path) -> Payload:
     if path.is_file():
         return path.read_bytes()
     return None
-
-
-def _check_inputs(job: ExportJob, workspace: Path) -> None:
-    """Missing inputs are refused here, with the host's paths, as `--isolated` does."""
-    from timmx.runners.container_job import path_options
-
-    if job.model.checkpoint:
-        path = workspace / job.model.checkpoint
-        if not path.exists():
-            raise CheckpointError(f"checkpoint not found: {path}")
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint is not a file: {path}")
-    if job.calibration is not None and job.calibration.path:
-        path = workspace / job.calibration.path
-        if not path.exists():
-            raise InvalidInputError(f"calibration data not found: {path}")
-    for name in path_options(job.backend):
-        value = job.options.get(name)
-        if value is not None and not (workspace / value).exists():
-            flag = "--" + name.replace("_", "-")
-            raise InvalidInputError(f"{flag} file not found: {workspace / value}")
 
 
 def _job_for_node(job: ExportJob, renames: dict[str, str]) -> dict[str, Any]:

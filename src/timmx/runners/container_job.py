@@ -32,22 +32,14 @@ class Mounts:
 
 def stage_job(job: ExportJob, workspace: Path, staging: Path, artifact_name: str) -> Mounts:
     """Write job.json into `staging` with /job-relative paths; collect the read-only inputs."""
+    check_input_files(job, workspace)
     mounts = Mounts(job=job)
     update: dict[str, Any] = {"output": f"out/{artifact_name}"}
     mounts.renames[f"out/{artifact_name}"] = str(workspace / job.output)
     if job.model.checkpoint:
-        host = (workspace / job.model.checkpoint).resolve()
-        if not host.exists():
-            raise CheckpointError(f"checkpoint not found: {workspace / job.model.checkpoint}")
-        if not host.is_file():
-            raise CheckpointError(f"checkpoint is not a file: {workspace / job.model.checkpoint}")
         inside = _mount_input(mounts, workspace, job.model.checkpoint, "checkpoint")
         update["model"] = job.model.model_copy(update={"checkpoint": inside})
     if job.calibration is not None and job.calibration.path:
-        if not (workspace / job.calibration.path).exists():
-            raise InvalidInputError(
-                f"calibration data not found: {workspace / job.calibration.path}"
-            )
         inside = _mount_input(mounts, workspace, job.calibration.path, "calibration")
         update["calibration"] = job.calibration.model_copy(update={"path": inside})
     file_options = {}
@@ -55,9 +47,6 @@ def stage_job(job: ExportJob, workspace: Path, staging: Path, artifact_name: str
         value = job.options.get(name)
         if value is None:
             continue
-        if not (workspace / value).exists():
-            flag = "--" + name.replace("_", "-")
-            raise InvalidInputError(f"{flag} file not found: {workspace / value}")
         file_options[name] = _mount_input(mounts, workspace, value, f"option-{name}")
     if file_options:
         update["options"] = {**job.options, **file_options}
@@ -68,6 +57,26 @@ def stage_job(job: ExportJob, workspace: Path, staging: Path, artifact_name: str
     write_text_atomic(staging / "job.json", rewritten.model_dump_json(indent=2) + "\n")
     mounts.job = rewritten
     return mounts
+
+
+def check_input_files(job: ExportJob, workspace: Path) -> None:
+    """The job's input files exist: refused here, with the host's paths, before they are sent
+    anywhere (a container's mount, a Ray node)."""
+    if job.model.checkpoint:
+        path = workspace / job.model.checkpoint
+        if not path.exists():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint is not a file: {path}")
+    if job.calibration is not None and job.calibration.path:
+        path = workspace / job.calibration.path
+        if not path.exists():
+            raise InvalidInputError(f"calibration data not found: {path}")
+    for name in path_options(job.backend):
+        value = job.options.get(name)
+        if value is not None and not (workspace / value).exists():
+            flag = "--" + name.replace("_", "-")
+            raise InvalidInputError(f"{flag} file not found: {workspace / value}")
 
 
 def _mount_input(mounts: Mounts, workspace: Path, relative: str, slot: str) -> str:
