@@ -176,6 +176,8 @@ def test_the_host_does_not_echo_the_workers_error_line(tmp_path):
     from timmx.runners.docker import DockerRunner
 
     class Container:
+        id = "c0"
+
         def __init__(self):
             self.attrs = {"State": {"OOMKilled": False}}
 
@@ -194,6 +196,14 @@ def test_the_host_does_not_echo_the_workers_error_line(tmp_path):
         class api:
             timeout = 60
 
+            @staticmethod
+            def wait(container_id, condition):
+                return {"StatusCode": 2}
+
+            @staticmethod
+            def events(**kwargs):
+                return iter([])
+
         class containers:
             @staticmethod
             def create(**kwargs):
@@ -206,3 +216,44 @@ def test_the_host_does_not_echo_the_workers_error_line(tmp_path):
     )
     assert code == 2 and shown == ["Exporting to onnx..."]
     assert tail[-1] == "error: job file not found: /job/job.json"  # kept for a missing result
+
+
+def _worker_with_limit(args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess[str]:
+    import os
+
+    env = {**os.environ, "TIMMX_TIME_LIMIT_S": "1"}  # importing torch alone takes longer
+    return subprocess.run(
+        [sys.executable, "-m", "timmx.worker", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        **kwargs,
+    )
+
+
+def test_the_worker_keeps_the_time_limit_with_no_host_watching(job_dir):
+    """A container whose host died must still stop: the worker ends the job at its limit."""
+    (job_dir / "job.json").write_text(json.dumps(_job()))
+    done = _worker_with_limit(["job.json"], job_dir)
+    assert done.returncode == 2, done.stderr
+    assert _error_lines(done) == [
+        "error: the onnx export timed out after 1 s and was stopped; nothing was written "
+        "(raise --timeout)"
+    ]
+    result = json.loads((job_dir / "out" / "result.json").read_text())
+    assert result["status"] == "failed" and "timed out after 1 s" in result["error"]["message"]
+    assert sorted(p.name for p in (job_dir / "out").iterdir()) == ["result.json"]
+
+
+def test_a_serving_worker_says_it_ends_at_the_time_limit(tmp_path):
+    line = json.dumps({"job": _job()}) + "\n"
+    done = _worker_with_limit(["--serve", str(tmp_path)], tmp_path, input=line + line)
+    answers = [json.loads(a) for a in done.stdout.splitlines()]
+    assert done.returncode == 2
+    assert (
+        answers[-1]["ending"] is True and "timed out after 1 s" in answers[-1]["error"]["message"]
+    )
+    assert sum("error" in a for a in answers) == 1  # it ended: the second job was never taken
+    assert not (tmp_path / "m.onnx").exists()

@@ -21,6 +21,7 @@ from timmx.environment import describe
 from timmx.errors import ContractError, InvalidInputError, TimmxError, first_line
 from timmx.output import write_text_atomic
 from timmx.runners.container_job import path_options  # the options the host mounts as files
+from timmx.time_limit import start_watchdog, timed_out_message
 
 
 def _progress(message: str) -> None:
@@ -28,7 +29,15 @@ def _progress(message: str) -> None:
 
 
 def run(job_path: Path, result_path: Path) -> int:
+    def expire(limit: int) -> None:  # no host may be watching: stop, and say why
+        message = timed_out_message(_backend_named(job_path), limit)
+        _error_line(message, sys.__stderr__ or sys.stderr)  # past any redirect of converters
+        os._exit(_write_result(_failed("export_failed", message), result_path, 2))
+
+    watchdog = start_watchdog(expire)
     result, code = _export(job_path)
+    if watchdog is not None:
+        watchdog.cancel()
     if result.environment is None:
         result.environment = describe()
     if result.error is not None:
@@ -64,6 +73,15 @@ def _read_job(job_path: Path) -> ExportJob:
     return parse_job(text)
 
 
+def _backend_named(job_path: Path) -> str:
+    import json
+
+    try:
+        return str(json.loads(job_path.read_text())["backend"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "?"
+
+
 def _failed(kind: str, message: str) -> ExportResult:
     return ExportResult(status="failed", error=ErrorInfo(kind=kind, message=message))
 
@@ -88,31 +106,44 @@ def _write_result(result: ExportResult, result_path: Path, code: int) -> int:
     return code
 
 
-def _error_line(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
+def _error_line(message: str, stream=None) -> None:
+    print(f"error: {message}", file=stream or sys.stderr, flush=True)
 
 
-def serve(workspace: Path) -> int:
+def serve(workspace: Path, write_report: bool = True) -> int:
     """A warm worker for `timmx build`: jobs as JSON lines on stdin, one at a time, each answered
-    by JSON lines (`progress`, then `result` or `error`) on the original stdout. Anything else
-    printed (converters, native libraries) goes to stderr, off the protocol."""
+        by JSON lines (`progress`, then `result` or `error`; `"ending": true` when the worker ends
+    after it) on the original stdout. Anything else
+        printed (converters, native libraries) goes to stderr, off the protocol. It ends when stdin
+        does. `write_report=False`: the host writes the reports (a worker in a container)."""
     import json
 
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     from timmx.runners.local import LocalRunner
 
-    runner = LocalRunner(verbose=bool(os.environ.get("TIMMX_DEBUG")))
+    runner = LocalRunner(write_report=write_report, verbose=bool(os.environ.get("TIMMX_DEBUG")))
 
     def send(message: dict) -> None:
         protocol.write(json.dumps(message) + "\n")
+
+    current = {"backend": "?"}
+
+    def expire(limit: int) -> None:  # the job ran past its limit: say so, and end
+        message = timed_out_message(**current, limit=limit)
+        send({"error": {"kind": "export_failed", "message": message}, "ending": True})
+        os._exit(2)
 
     try:
         for line in sys.stdin:
             if not line.strip():
                 continue
+            current["backend"] = "?"
+            watchdog = start_watchdog(expire)
             try:
                 job = ExportJob.model_validate(json.loads(line)["job"])
+                current["backend"] = job.backend
+                check_paths_inside(job, path_options=path_options(job.backend))
                 result = runner.run(job, workspace, lambda m: send({"progress": m}))
                 send({"result": json.loads(result.model_dump_json())})
             except TimmxError as exc:
@@ -121,6 +152,9 @@ def serve(workspace: Path) -> int:
                 traceback.print_exc()
                 message = f"{type(exc).__name__}: {first_line(exc)}"
                 send({"error": {"kind": "internal", "message": message}})
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
     except KeyboardInterrupt:  # the host stops the build: the job's staging is already gone
         return 130
     return 0
@@ -131,9 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("job", type=Path, nargs="?")
     parser.add_argument("--result", type=Path, default=None)
     parser.add_argument("--serve", type=Path, metavar="WORKSPACE", default=None)
+    parser.add_argument(
+        "--no-report", action="store_true", help="with --serve: the host writes the reports"
+    )
     args = parser.parse_args(argv)
     if args.serve is not None:
-        return serve(args.serve)
+        return serve(args.serve, write_report=not args.no_report)
     if args.job is None:
         parser.error("a job file is needed (or --serve WORKSPACE)")
     result_path = args.result or args.job.parent / "out" / "result.json"

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.isolated.helpers import TIMMX, run_containers, spawn, wait_for_container
+from tests.isolated.helpers import (
+    RUN_LABEL,
+    TIMMX,
+    run_containers,
+    spawn,
+    wait_for_container,
+)
 
 pytestmark = pytest.mark.isolated
 
@@ -82,6 +88,21 @@ def test_killed_container_is_one_line(tmp_path, docker_client, images, no_leftov
     assert proc.returncode == 2, stderr
     assert "killed" in _one_error_line(stderr)
     _nothing_left(docker_client, tmp_path)
+
+
+def test_a_killed_cli_leaves_no_container(tmp_path, docker_client, images, no_leftovers):
+    """SIGKILL gives the CLI no chance to clean up: the container ends at the end of its export
+    (or at its time limit, kept by the worker) and removes itself."""
+    proc = spawn([*EXPORT, "--isolated"], tmp_path)
+    wait_for_container(docker_client, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    label = f"{RUN_LABEL}={proc.pid}"
+    deadline = time.monotonic() + 300
+    while docker_client.containers.list(all=True, filters={"label": label}):
+        assert time.monotonic() < deadline, "the orphaned container is still there"
+        time.sleep(0.5)
+    assert not (tmp_path / "out" / "m.onnx").exists()  # nobody published it
 
 
 def test_out_of_memory_is_one_line(tmp_path, docker_client, images, no_leftovers):

@@ -3,9 +3,9 @@ rest, Ctrl-C stopping everything.
 
 In-process jobs go to warm workers (`python -m timmx.worker --serve`): one process per parallel
 slot serves many jobs, so torch, timm and the converters are imported once per slot, not once
-per job, and each job still runs in a process of its own seeding. Isolated jobs run their
-container through `DockerRunner`, as `timmx export --isolated` does. With a Ray address every
-job is a task on that cluster instead (`timmx.build.ray_runner`).
+per job, and each job still runs in a process of its own seeding. Isolated jobs likewise go to
+warm containers: one per slot and toolchain serves many jobs (`timmx.build.containers`). With a
+Ray address every job is a task on that cluster instead (`timmx.build.ray_runner`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from timmx.build.containers import ContainerPool
 from timmx.build.plan import PlannedJob
 from timmx.contract import ExportResult
-from timmx.errors import ExportFailedError, TimmxError, error_from_kind
+from timmx.errors import ExportFailedError, TimmxError, error_from_kind, first_line
 
 Progress = Callable[[str], None]
 
@@ -102,9 +103,15 @@ class Executor:
     `ray_address`, each job is a task on that Ray cluster, `slots` of them at once."""
 
     def __init__(
-        self, workspace: Path, slots: int, keep_going: bool = True, ray_address: str | None = None
+        self,
+        workspace: Path,
+        slots: int,
+        keep_going: bool = True,
+        ray_address: str | None = None,
+        scratch: Path | None = None,
     ) -> None:
         self.workspace = workspace
+        self.scratch = scratch or workspace  # exchange folders of warm containers: beside outputs
         self.slots = slots
         self.keep_going = keep_going
         self.ray_address = ray_address
@@ -137,8 +144,13 @@ class Executor:
             pending.put(planned)
         outcomes: list[Outcome] = []
 
-        def slot() -> None:
+        # Each slot says when it has cleaned up: after a KeyboardInterrupt in join(), CPython can
+        # report a live thread as finished, so the threads themselves are not waited on.
+        finished: list[threading.Event] = []
+
+        def slot(done: threading.Event) -> None:
             worker: WarmWorker | None = None
+            containers = ContainerPool(self.workspace, self.scratch, jobs)
             try:
                 while not self._stop.is_set():
                     try:
@@ -148,7 +160,7 @@ class Executor:
                     on_start(planned)
                     if not planned.isolated and worker is None:
                         worker = self._start_worker()
-                    outcome = self._run_one(planned, worker, on_progress)
+                    outcome = self._run_one(planned, worker, containers, on_progress)
                     with self._lock:
                         outcomes.append(outcome)
                     on_done(outcome)
@@ -157,21 +169,21 @@ class Executor:
             finally:
                 if worker is not None:
                     worker.close()
+                containers.close()
+                done.set()
 
-        threads = [
-            threading.Thread(target=slot, name=f"timmx-build-{i}", daemon=True)
-            for i in range(min(self.slots, len(jobs)) or 1)
-        ]
-        for thread in threads:
-            thread.start()
+        for i in range(min(self.slots, len(jobs)) or 1):
+            finished.append(threading.Event())
+            name = f"timmx-build-{i}"
+            threading.Thread(target=slot, args=(finished[-1],), name=name, daemon=True).start()
         try:
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(0.2)
+            for done in finished:
+                while not done.wait(0.2):
+                    pass
         except KeyboardInterrupt:
             self._interrupt()
-            for thread in threads:
-                thread.join(60)
+            for done in finished:
+                done.wait(60)
             raise
         return outcomes
 
@@ -181,23 +193,20 @@ class Executor:
             self._workers.append(worker)
         return worker
 
-    def _run_one(self, planned, worker, on_progress) -> Outcome:
+    def _run_one(self, planned, worker, containers, on_progress) -> Outcome:
         started = time.perf_counter()
         outcome = Outcome(planned)
         try:
             if planned.isolated:
-                from timmx.runners.docker import DockerRunner
-
-                runner = DockerRunner(
-                    memory=planned.memory, timeout_s=planned.timeout_s, build=planned.build
-                )
-                outcome.result = runner.run(
-                    planned.job, self.workspace, lambda m: on_progress(planned, m)
-                )
+                outcome.result = containers.run(planned, lambda m: on_progress(planned, m))
             else:
                 outcome.result = worker.run(planned, lambda m: on_progress(planned, m))
         except TimmxError as exc:
             outcome.error = exc
+        except Exception as exc:  # a bug: this job fails, the build goes on
+            outcome.error = TimmxError(
+                f"internal error: {type(exc).__name__}: {first_line(exc)} (a bug: report it)"
+            )
         outcome.seconds = time.perf_counter() - started
         return outcome
 

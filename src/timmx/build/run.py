@@ -72,5 +72,7 @@ def run_build(
 
     todo = [job.planned for job in build.jobs if job.status != "fresh"]
     save_manifest(manifest, build.output)
-    executor = Executor(build.root, slots, keep_going=keep_going, ray_address=ray_address)
+    executor = Executor(
+        build.root, slots, keep_going=keep_going, ray_address=ray_address, scratch=build.output
+    )
     return executor.run(todo, on_start, on_progress, done)

@@ -8,6 +8,7 @@ host's caches, mounted read-only with the hubs offline.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
@@ -34,29 +35,37 @@ def stage_job(job: ExportJob, workspace: Path, staging: Path, artifact_name: str
     """Write job.json into `staging` with /job-relative paths; collect the read-only inputs."""
     check_input_files(job, workspace)
     mounts = Mounts(job=job)
-    update: dict[str, Any] = {"output": f"out/{artifact_name}"}
+
+    def mount(relative: str, slot: str) -> str:
+        return _mount_input(mounts, workspace, relative, slot)
+
+    mounts.job = rewrite_job(job, mount, f"out/{artifact_name}")
     mounts.renames[f"out/{artifact_name}"] = str(workspace / job.output)
+    if job.model.pretrained:
+        _mount_caches(mounts)
+    (staging / "out").mkdir(mode=0o700)  # created by the caller, so writable by the caller's uid
+    write_text_atomic(staging / "job.json", mounts.job.model_dump_json(indent=2) + "\n")
+    return mounts
+
+
+def rewrite_job(job: ExportJob, mount: Callable[[str, str], str], output: str) -> ExportJob:
+    """The job as a container sees it: `output` for its artifact, and each input file (its
+    checkpoint, calibration data, file-typed options) at the path `mount(path, slot)` gives."""
+    update: dict[str, Any] = {"output": output}
     if job.model.checkpoint:
-        inside = _mount_input(mounts, workspace, job.model.checkpoint, "checkpoint")
+        inside = mount(job.model.checkpoint, "checkpoint")
         update["model"] = job.model.model_copy(update={"checkpoint": inside})
     if job.calibration is not None and job.calibration.path:
-        inside = _mount_input(mounts, workspace, job.calibration.path, "calibration")
+        inside = mount(job.calibration.path, "calibration")
         update["calibration"] = job.calibration.model_copy(update={"path": inside})
     file_options = {}
     for name in path_options(job.backend):
         value = job.options.get(name)
-        if value is None:
-            continue
-        file_options[name] = _mount_input(mounts, workspace, value, f"option-{name}")
+        if value is not None:
+            file_options[name] = mount(value, f"option-{name}")
     if file_options:
         update["options"] = {**job.options, **file_options}
-    if job.model.pretrained:
-        _mount_caches(mounts)
-    rewritten = job.model_copy(update=update)
-    (staging / "out").mkdir(mode=0o700)  # created by the caller, so writable by the caller's uid
-    write_text_atomic(staging / "job.json", rewritten.model_dump_json(indent=2) + "\n")
-    mounts.job = rewritten
-    return mounts
+    return job.model_copy(update=update)
 
 
 def check_input_files(job: ExportJob, workspace: Path) -> None:
@@ -99,17 +108,24 @@ def path_options(backend_name: str) -> list[str]:
 
 
 def _mount_caches(mounts: Mounts) -> None:
-    """Pretrained weights: the host's Hugging Face and torch hub caches, read-only, offline."""
+    mounts.binds += cache_binds(mounts.env)
+
+
+def cache_binds(env: dict[str, str]) -> list[tuple[Path, str, bool]]:
+    """Pretrained weights: the host's Hugging Face and torch hub caches, read-only, offline
+    (`env` gets the variables that point the container at them)."""
+    binds = []
     home = Path.home()
     hf_home = Path(os.environ.get("HF_HOME") or home / ".cache" / "huggingface")
     hub = Path(os.environ.get("HF_HUB_CACHE") or hf_home / "hub")
     if hub.is_dir():
-        mounts.binds.append((hub.resolve(), "/cache/huggingface/hub", True))
-        mounts.env.update({"HF_HUB_CACHE": "/cache/huggingface/hub", "HF_HUB_OFFLINE": "1"})
+        binds.append((hub.resolve(), "/cache/huggingface/hub", True))
+        env.update({"HF_HUB_CACHE": "/cache/huggingface/hub", "HF_HUB_OFFLINE": "1"})
     torch_home = Path(os.environ.get("TORCH_HOME") or home / ".cache" / "torch")
     if torch_home.is_dir():
-        mounts.binds.append((torch_home.resolve(), "/cache/torch", True))
-        mounts.env["TORCH_HOME"] = "/cache/torch"
+        binds.append((torch_home.resolve(), "/cache/torch", True))
+        env["TORCH_HOME"] = "/cache/torch"
+    return binds
 
 
 def host_paths(message: str, renames: dict[str, str]) -> str:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from timmx.contract import ExportResult, parse_result
-from timmx.errors import ContractError
-from timmx.output import describe_files
+from timmx.contract import ExportJob, ExportResult, parse_result
+from timmx.errors import ContractError, error_from_kind
+from timmx.output import describe_files, publish
+from timmx.runners.container_job import host_paths
+
+if TYPE_CHECKING:
+    from timmx.images.find import Found
 
 
 def read_result(path: Path) -> ExportResult | None:
@@ -37,3 +42,27 @@ def staged_artifacts(result: ExportResult, out: Path) -> list[Path]:
         if found.get(artifact.path) != artifact:
             raise ContractError(f"the artifact {artifact.path} differs from the worker's record")
     return tops
+
+
+def accept_result(
+    result: ExportResult,
+    out: Path,
+    job: ExportJob,
+    image: Found,
+    renames: dict[str, str],
+    destination: Path,
+) -> ExportResult:
+    """A worker's answer made the host's: its error raised with the host's paths, or its
+    artifacts checked against the record and published beside `destination`."""
+    if result.error is not None:
+        raise error_from_kind(result.error.kind, host_paths(result.error.message, renames))
+    if result.status != "success":
+        raise ContractError("the worker reported a failure without an error")
+    staged = staged_artifacts(result, out)
+    result.job = job
+    if result.environment is not None:
+        result.environment.runner = "docker"
+        result.environment.image = image.ref
+        result.environment.image_id = image.id
+    publish(staged, out, destination.parent)
+    return result

@@ -15,23 +15,31 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from timmx.contract import ExportJob, ExportResult
-from timmx.errors import ContractError, DockerError, InvalidInputError, error_from_kind, first_line
+from timmx.errors import DockerError, InvalidInputError, first_line
 from timmx.images.engine import connect
 from timmx.images.find import ensure_image
 from timmx.images.identity import BuildSettings
-from timmx.output import publish, staging_folder
+from timmx.output import staging_folder
 from timmx.runners.base import Progress, check_job, memory_bytes, no_progress, save_report
-from timmx.runners.container_job import JOB_DIR, Mounts, host_paths, stage_job
-from timmx.runners.container_result import read_result, staged_artifacts
+from timmx.runners.container_job import JOB_DIR, Mounts, stage_job
+from timmx.runners.container_result import accept_result, read_result
+from timmx.time_limit import TIME_LIMIT_ENV, timed_out_message
 
 RUN_LABEL = "ai.timmx.run"  # on every export container, so none can hide
-_EXIT_SIGKILL = 137
+EXIT_SIGKILL = 137
+GRACE_S = 5  # past the job's time limit, for the worker to say so itself
 _MIN_MEMORY = 64 * 1024**2  # a floor for typos like 8m: importing torch alone needs more
+
+
+class Limits(Protocol):
+    memory: str
+    timeout_s: int
 
 
 class DockerRunner:
@@ -43,7 +51,7 @@ class DockerRunner:
         pids_limit: int | None = None,
         settings: BuildSettings | None = None,
     ) -> None:
-        _check_limits(memory, timeout_s)  # before any engine is contacted
+        check_limits(memory, timeout_s)  # before any engine is contacted
         self.memory = memory
         self.timeout_s = timeout_s
         self.build = build
@@ -66,7 +74,7 @@ class DockerRunner:
                 settings,
                 build=self.build,
                 notice=progress,
-                on_line=_steps_only(progress),
+                on_line=steps_only(progress),
             )
             with staging_folder(destination) as staging, _terminate_as_interrupt():
                 mounts = stage_job(job, workspace, staging, destination.name)
@@ -78,27 +86,16 @@ class DockerRunner:
                 container_s = time.perf_counter() - tick
                 result = read_result(out / "result.json")
                 if result is None:
-                    raise _no_result(code, oom, timed_out, tail, self, backend.name)
-                if result.error is not None:
-                    message = host_paths(result.error.message, mounts.renames)
-                    raise error_from_kind(result.error.kind, message)
-                if result.status != "success":
-                    raise ContractError("the worker reported a failure without an error")
-                staged = staged_artifacts(result, out)
-                result.job = job
-                if result.environment is not None:
-                    result.environment.runner = "docker"
-                    result.environment.image = image.ref
-                    result.environment.image_id = image.id
+                    raise no_result(code, oom, timed_out, tail, self, backend.name)
                 result.timings["container_s"] = round(container_s, 3)
-                publish(staged, out, destination.parent)
+                accept_result(result, out, job, image, mounts.renames, destination)
         finally:
             client.close()
         save_report(result, destination)
         return result
 
     def container_options(self, image: str, mounts: Mounts, staging: Path) -> dict[str, Any]:
-        """The docker SDK `containers.create` arguments: the hardening lives here."""
+        """The docker SDK `containers.create` arguments for one job."""
         from docker.types import Mount
 
         binds = [
@@ -112,34 +109,14 @@ class DockerRunner:
                 target=f"{JOB_DIR}/out", source=str(staging / "out"), type="bind", read_only=False
             ),
         ]
-        binds += [
-            Mount(target=target, source=str(host), type="bind", read_only=read_only)
-            for host, target, read_only in mounts.binds
-        ]
-        return {
-            "image": image,
-            "command": [f"{JOB_DIR}/job.json", "--result", f"{JOB_DIR}/out/result.json"],
-            "name": f"timmx-{uuid.uuid4().hex[:12]}",
-            "labels": {RUN_LABEL: str(os.getpid())},
-            "user": f"{os.getuid()}:{os.getgid()}",
-            "working_dir": JOB_DIR,
-            "environment": {
-                "HOME": "/tmp",
-                "PYTHONUNBUFFERED": "1",
-                "PYTHONDONTWRITEBYTECODE": "1",
-                **mounts.env,
-            },
-            "mounts": binds,
-            "network_mode": "none",
-            "read_only": True,
-            "tmpfs": {"/tmp": "rw,exec,nosuid,nodev,size=2g"},
-            "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges"],
-            "mem_limit": self.memory,
-            "memswap_limit": self.memory,
-            "pids_limit": self.pids_limit,
-            "detach": True,
-        }
+        return hardened_options(
+            image,
+            [f"{JOB_DIR}/job.json", "--result", f"{JOB_DIR}/out/result.json"],
+            binds + bind_mounts(mounts.binds),
+            {**mounts.env, TIME_LIMIT_ENV: str(self.timeout_s)},
+            self.memory,
+            self.pids_limit,
+        )
 
     def _run_container(
         self, client, image: str, mounts: Mounts, staging: Path, progress: Progress
@@ -159,19 +136,20 @@ class DockerRunner:
             with suppress(APIError):
                 container.kill()
 
-        timer = threading.Timer(self.timeout_s, kill)
+        timer = threading.Timer(self.timeout_s + GRACE_S, kill)  # the worker stops itself first
         timer.daemon = True
         try:
             client.api.timeout = None  # a quiet export must not look like a dead engine
+            exit_code = exit_code_of(client, container)
+            started = int(time.time()) - 1
             container.start()
             timer.start()
-            for line in _lines(container.logs(stream=True, follow=True)):
+            for line in log_lines(container.logs(stream=True, follow=True)):
                 tail.append(line)
                 if not line.startswith("error: "):  # the host says it, with the host's paths
                     progress(line)
-            code = int(container.wait().get("StatusCode", -1))
-            container.reload()
-            oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
+            code = exit_code()
+            oom = code == EXIT_SIGKILL and ran_out_of_memory(client, container.id, started)
             return code, oom, timed_out.is_set(), list(tail)
         finally:
             timer.cancel()
@@ -179,7 +157,90 @@ class DockerRunner:
                 container.remove(force=True)
 
 
-def _check_limits(memory: str, timeout_s: int) -> None:
+def ran_out_of_memory(client, container_id: str, since: int) -> bool:
+    """The engine's `oom` event for the container: it is removed on exit, and its OOMKilled
+    flag with it, but the engine's event log keeps what happened."""
+    try:
+        events = client.api.events(
+            since=since,
+            until=int(time.time()) + 1,
+            filters={"container": container_id, "event": "oom"},
+            decode=True,
+        )
+        return any(True for _ in events)
+    except Exception:  # an engine without the events API: say what is known
+        return False
+
+
+def exit_code_of(client, container) -> Callable[[], int]:
+    """Waits for the container's exit code from before it starts: it removes itself when it
+    ends, and a wait that begins after that finds nothing."""
+    box: list[int] = []
+
+    def wait() -> None:
+        with suppress(Exception):
+            box.append(int(client.api.wait(container.id, condition="removed")["StatusCode"]))
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+
+    def code() -> int:
+        waiter.join(60)
+        return box[0] if box else -1
+
+    return code
+
+
+def hardened_options(
+    image: str,
+    command: list[str],
+    mounts: list[Any],
+    env: dict[str, str],
+    memory: str,
+    pids_limit: int,
+) -> dict[str, Any]:
+    """`containers.create` arguments for an export container: the hardening lives here.
+
+    It runs as the caller's uid:gid with no network, a read-only root filesystem, no
+    capabilities and limits on memory and processes; it is labelled with this process's pid (so
+    `timmx clean` knows an orphan) and removes itself when it ends, even with nobody watching."""
+    return {
+        "image": image,
+        "command": command,
+        "name": f"timmx-{uuid.uuid4().hex[:12]}",
+        "labels": {RUN_LABEL: str(os.getpid())},
+        "user": f"{os.getuid()}:{os.getgid()}",
+        "working_dir": JOB_DIR,
+        "environment": {
+            "HOME": "/tmp",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            **env,
+        },
+        "mounts": mounts,
+        "network_mode": "none",
+        "read_only": True,
+        "tmpfs": {"/tmp": "rw,exec,nosuid,nodev,size=2g"},
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "mem_limit": memory,
+        "memswap_limit": memory,
+        "pids_limit": pids_limit,
+        "auto_remove": True,
+        "detach": True,
+    }
+
+
+def bind_mounts(binds: list[tuple[Path, str, bool]]) -> list[Any]:
+    from docker.types import Mount
+
+    return [
+        Mount(target=target, source=str(host), type="bind", read_only=read_only)
+        for host, target, read_only in binds
+    ]
+
+
+def check_limits(memory: str, timeout_s: int) -> None:
     size = memory_bytes(memory)
     if size is None or size < _MIN_MEMORY:
         raise InvalidInputError(
@@ -189,27 +250,28 @@ def _check_limits(memory: str, timeout_s: int) -> None:
         raise InvalidInputError(f"--timeout must be at least 1 second, got {timeout_s!r}")
 
 
-def _no_result(code, oom, timed_out, tail, runner: DockerRunner, backend: str) -> DockerError:
+def no_result(
+    code: int, oom: bool, timed_out: bool, tail: list[str], limits: Limits, backend: str
+) -> DockerError:
+    """Why a container ended without a result, in one line."""
     if timed_out:
-        return DockerError(
-            f"the {backend} export timed out after {runner.timeout_s} s and was stopped; "
-            "nothing was written (raise --timeout)"
-        )
+        return DockerError(timed_out_message(backend, limits.timeout_s))
     if oom:
         return DockerError(
-            f"the {backend} export ran out of memory (--memory {runner.memory}) and was killed; "
+            f"the {backend} export ran out of memory (--memory {limits.memory}) and was killed; "
             "nothing was written (raise --memory)"
         )
-    if code == _EXIT_SIGKILL:
+    if code == EXIT_SIGKILL:
         return DockerError(
             f"the {backend} export container was killed (SIGKILL, exit code 137); "
             "nothing was written"
         )
     last = " | ".join(tail[-3:]) or "no output"
-    return DockerError(f"the worker exited with code {code} and wrote no result: {last}")
+    how = "ended" if code == -1 else f"exited with code {code}"  # -1: the engine lost it
+    return DockerError(f"the worker {how} and wrote no result: {last}")
 
 
-def _lines(stream) -> Any:
+def log_lines(stream) -> Any:
     pending = b""
     for chunk in stream:
         pending += chunk
@@ -222,7 +284,7 @@ def _lines(stream) -> Any:
         yield pending.decode(errors="replace")
 
 
-def _steps_only(progress: Progress) -> Progress:
+def steps_only(progress: Progress) -> Progress:
     def show(line: str) -> None:
         if line.startswith("Step "):
             progress("build " + " ".join(line.split())[:100])
