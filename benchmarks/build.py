@@ -7,12 +7,15 @@ Prints wall times and ratios:
 - `timmx build --jobs 1` against the 20 `timmx export` commands one after another (target <= 0.6)
 - a no-op re-run (target <= 2 s)
 - `--jobs 2` against `--jobs 1`
+- with --ray: the same build as Ray tasks, one at a time, on a one-node cluster this script
+  starts (needs timmx[ray]); the overhead per job against the local `--jobs 1`
 With --isolated every job runs in its image (the images must be built), both ways.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -61,6 +64,7 @@ def write_project(root: Path, isolated: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--isolated", action="store_true", help="every job in its image")
+    parser.add_argument("--ray", action="store_true", help="also as tasks on a local Ray node")
     args = parser.parse_args()
     extra = ["--isolated"] if args.isolated else []
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,6 +81,7 @@ def main() -> None:
         noop = timed([*TIMMX, "build"], root)
         shutil.rmtree(root / "dist")
         two = timed([*TIMMX, "build", "--jobs", "2"], root)
+        on_ray = ray_build(root) if args.ray else None
     jobs = len(MODELS) * len(TARGETS)
     mode = "isolated" if args.isolated else "in-process"
     print(f"{jobs} jobs, {mode}, 64x64")
@@ -85,6 +90,28 @@ def main() -> None:
     print(f"{'timmx build --jobs 1':48} {one:8.1f} {one / sequential:7.2f} {'<=0.60':>7}")
     print(f"{'timmx build (no-op re-run)':48} {noop:8.2f} {'':>7} {'<=2 s':>7}")
     print(f"{'timmx build --jobs 2 (vs --jobs 1)':48} {two:8.1f} {two / one:7.2f}")
+    if on_ray is not None:
+        print(f"{'timmx build --ray, one task at a time (vs --jobs 1)':48} {on_ray:8.1f} ", end="")
+        print(f"{on_ray / one:7.2f}")
+        print(f"{'  Ray overhead per job':48} {(on_ray - one) / jobs:8.2f}")
+
+
+def ray_build(root: Path) -> float:
+    """`timmx build --ray ADDRESS --jobs 1` on a one-node cluster with 2 CPUs, started here."""
+    from ray.cluster_utils import Cluster
+
+    shutil.rmtree(root / "dist")
+    temp = tempfile.mkdtemp(prefix="tx-ray-")  # a socket path must stay under 108 bytes
+    os.environ["TMPDIR"] = temp
+    try:
+        head = {"num_cpus": 2, "object_store_memory": 400 * 1024**2, "include_dashboard": False}
+        nodes = Cluster(initialize_head=True, connect=False, head_node_args=head)
+        try:
+            return timed([*TIMMX, "build", "--ray", nodes.address, "--jobs", "1"], root)
+        finally:
+            nodes.shutdown()
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make a fresh Debian machine ready for `timmx ... --isolated` and tests/isolated (run as root):
-# install docker.io and debootstrap if missing, start dockerd if it is not answering, wait for
-# it, and build the local base image (timmx images base) when it is missing. Idempotent.
+# install docker.io, debootstrap and docker-registry if missing, start dockerd if it is not
+# answering, wait for it, and build the local base image (timmx images base) when it is missing.
+# Idempotent.
 #
 #   PYTHON=.venv/bin/python bash scripts/docker-setup.sh
 #
@@ -30,6 +31,8 @@ fi
 missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+# A registry on localhost for the tests of `timmx images push/pull` and `build --locked`.
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 if [ "${#missing[@]}" -gt 0 ] && [ "$(id -u)" -eq 0 ]; then
     say "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -1,5 +1,6 @@
-"""The warm export containers of one build slot: one per toolchain and limits, started at its
-first isolated job and serving the rest (`timmx.runners.warm_container`)."""
+"""The warm export containers of one build slot: one per toolchain (or pinned image) and
+limits, started at its first isolated job and serving the rest (`timmx.runners.warm_container`).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +12,19 @@ from pathlib import Path
 from timmx.build.cache import input_paths
 from timmx.build.plan import PlannedJob
 from timmx.contract import ExportResult
+from timmx.images.registry import Pin
 from timmx.runners.base import Progress
 from timmx.runners.warm_container import WarmContainer
 
 
 class ContainerPool:
-    def __init__(self, workspace: Path, scratch: Path, jobs: list[PlannedJob]) -> None:
+    def __init__(
+        self,
+        workspace: Path,
+        scratch: Path,
+        jobs: list[PlannedJob],
+        pins: dict[str, Pin] | None = None,
+    ) -> None:
         isolated = [planned for planned in jobs if planned.isolated]
         # Every input of the build's isolated jobs is mounted in each container (read-only), so
         # one container serves them all; the build checked they are the build's own files.
@@ -24,6 +32,7 @@ class ContainerPool:
         self.pretrained = any(planned.job.model.pretrained for planned in isolated)
         self.workspace = workspace
         self.scratch = scratch
+        self.pins = pins or {}  # job id -> the image it must run in (`--locked`)
         self._client = None
         self._containers: dict[tuple[str, str, int], WarmContainer] = {}
         self._exchanges: list[Path] = []
@@ -31,33 +40,40 @@ class ContainerPool:
     def run(self, planned: PlannedJob, progress: Progress) -> ExportResult:
         from timmx.backends import get_backend
 
-        toolchain = get_backend(planned.job.backend).toolchain
+        pin = self.pins.get(planned.id)
+        toolchain = pin.image_id if pin else get_backend(planned.job.backend).toolchain
         key = (toolchain, planned.memory, planned.timeout_s)
         container = self._containers.get(key)
         if container is None or not container.alive:
             if container is not None:
                 container.close()
-            container = self._start(planned, toolchain, progress)
+            container = self._start(planned, toolchain, pin, progress)
             self._containers[key] = container
         return container.run(planned.job, progress)
 
-    def _start(self, planned: PlannedJob, toolchain: str, progress: Progress) -> WarmContainer:
+    def _start(
+        self, planned: PlannedJob, toolchain: str, pin: Pin | None, progress: Progress
+    ) -> WarmContainer:
         from timmx.images.engine import connect
         from timmx.images.find import ensure_image
         from timmx.images.identity import BuildSettings
+        from timmx.images.registry import pin_image
         from timmx.runners.docker import check_limits, steps_only
 
         check_limits(planned.memory, planned.timeout_s)
         if self._client is None:
             self._client = connect("or set isolated = false to export in this process")
-        image = ensure_image(
-            self._client,
-            toolchain,
-            BuildSettings.resolve(),
-            build=planned.build,
-            notice=progress,
-            on_line=steps_only(progress),
-        )
+        if pin is not None:
+            image = pin_image(self._client, pin.image_id, pin.digest, progress)
+        else:
+            image = ensure_image(
+                self._client,
+                toolchain,
+                BuildSettings.resolve(),
+                build=planned.build,
+                notice=progress,
+                on_line=steps_only(progress),
+            )
         self.scratch.mkdir(parents=True, exist_ok=True)
         exchange = Path(tempfile.mkdtemp(prefix=".timmx-work-", dir=self.scratch))
         self._exchanges.append(exchange)

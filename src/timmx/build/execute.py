@@ -28,6 +28,7 @@ from timmx.build.containers import ContainerPool
 from timmx.build.plan import PlannedJob
 from timmx.contract import ExportResult
 from timmx.errors import ExportFailedError, TimmxError, error_from_kind, first_line
+from timmx.images.registry import Pin
 
 Progress = Callable[[str], None]
 
@@ -109,8 +110,10 @@ class Executor:
         keep_going: bool = True,
         ray_address: str | None = None,
         scratch: Path | None = None,
+        pins: dict[str, Pin] | None = None,
     ) -> None:
         self.workspace = workspace
+        self.pins = pins or {}
         self.scratch = scratch or workspace  # exchange folders of warm containers: beside outputs
         self.slots = slots
         self.keep_going = keep_going
@@ -150,7 +153,7 @@ class Executor:
 
         def slot(done: threading.Event) -> None:
             worker: WarmWorker | None = None
-            containers = ContainerPool(self.workspace, self.scratch, jobs)
+            containers = ContainerPool(self.workspace, self.scratch, jobs, self.pins)
             try:
                 while not self._stop.is_set():
                     try:

@@ -32,6 +32,9 @@ class JobRecord(_Strict):
     max_abs_error: float | None = None
     image: str | None = None
     image_id: str | None = None
+    image_digest: str | None = Field(
+        default=None, description="<registry>/<name>@sha256:... where the image is in a registry"
+    )
 
 
 class Manifest(_Strict):
@@ -57,7 +60,9 @@ def save_manifest(manifest: Manifest, output: Path) -> None:
     write_text_atomic(manifest_path(output), manifest.model_dump_json(indent=2) + "\n")
 
 
-def record(key: str, artifact: str, result: ExportResult) -> JobRecord:
+def record(
+    key: str, artifact: str, result: ExportResult, image_digest: str | None = None
+) -> JobRecord:
     assert result.job is not None
     verification = result.verification
     environment = result.environment
@@ -70,6 +75,7 @@ def record(key: str, artifact: str, result: ExportResult) -> JobRecord:
         max_abs_error=verification.worst("max_abs_error") if verification else None,
         image=environment.image if environment else None,
         image_id=environment.image_id if environment else None,
+        image_digest=image_digest,
     )
 
 

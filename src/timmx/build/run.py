@@ -11,6 +11,8 @@ from timmx.build.execute import Executor, Outcome
 from timmx.build.manifest import Manifest, load_manifest, record, save_manifest, status_of
 from timmx.build.plan import PlannedJob, plan_build
 from timmx.build.spec import load_build_file
+from timmx.errors import InvalidInputError
+from timmx.images.registry import DigestLookup, Pin, check_pins
 
 
 @dataclass
@@ -51,19 +53,24 @@ def run_build(
     on_progress,
     on_done,
     ray_address: str | None = None,
+    pins: dict[str, Pin] | None = None,
 ) -> list[Outcome]:
     """Run every job that is not fresh; record each finished one in the manifest at once.
-    With `ray_address`, each job runs as a task on that Ray cluster."""
+    With `ray_address`, each job runs as a task on that Ray cluster; `pins` (job id -> image)
+    runs isolated jobs in exactly those images (`--locked`)."""
     by_id = {job.planned.id: job for job in build.jobs}
     manifest = Manifest(jobs={i: r for i, r in build.manifest.jobs.items() if i in by_id})
     lock = threading.Lock()
+    digests = DigestLookup()
 
     def done(outcome: Outcome) -> None:
         planned = outcome.planned
         with lock:
             if outcome.result is not None:
+                environment = outcome.result.environment
+                digest = digests(environment.image_id if environment else None)
                 manifest.jobs[planned.id] = record(
-                    by_id[planned.id].key, planned.job.output, outcome.result
+                    by_id[planned.id].key, planned.job.output, outcome.result, digest
                 )
             else:
                 manifest.jobs.pop(planned.id, None)  # its old artifact is not this job's
@@ -73,6 +80,38 @@ def run_build(
     todo = [job.planned for job in build.jobs if job.status != "fresh"]
     save_manifest(manifest, build.output)
     executor = Executor(
-        build.root, slots, keep_going=keep_going, ray_address=ray_address, scratch=build.output
+        build.root,
+        slots,
+        keep_going=keep_going,
+        ray_address=ray_address,
+        scratch=build.output,
+        pins=pins,
     )
-    return executor.run(todo, on_start, on_progress, done)
+    try:
+        return executor.run(todo, on_start, on_progress, done)
+    finally:
+        digests.close()
+
+
+def locked_pins(build: Build) -> dict[str, Pin]:
+    """`--locked`: each isolated job that will run, with the image the manifest recorded for
+    it; refused in one line when any has none."""
+    pins: dict[str, Pin] = {}
+    unpinned: list[str] = []
+    for job in build.jobs:
+        if job.status == "fresh" or not job.planned.isolated:
+            continue
+        entry = build.manifest.jobs.get(job.planned.id)
+        if entry is None or entry.image_id is None:
+            unpinned.append(job.planned.id)
+        else:
+            pins[job.planned.id] = Pin(entry.image_id, entry.image_digest)
+    if unpinned:
+        names = ", ".join(unpinned[:4]) + (f" and {len(unpinned) - 4} more" if unpinned[4:] else "")
+        raise InvalidInputError(
+            f"--locked: the manifest records no image for {names}: build without --locked "
+            "first (where the images are), or add them to the build that recorded the manifest"
+        )
+    if pins:
+        check_pins(set(pins.values()))
+    return pins

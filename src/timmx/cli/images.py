@@ -99,7 +99,7 @@ def build(
                 f"{time.monotonic() - shown.started:.0f} s"
             )
         if push:
-            _push(client, found.ref)
+            _push(client, found.ref, settings.registry)
 
 
 class _Shown:
@@ -131,17 +131,87 @@ class _Shown:
             yield show
 
 
-def _push(client, ref: str) -> None:
-    from timmx.errors import DockerError
+def _push(client, ref: str, registry: str | None) -> str:
+    from timmx.errors import InvalidInputError
+    from timmx.images.registry import push_image
 
-    repository, tag = ref.rsplit(":", 1)
-    if "/" not in repository:
-        raise DockerError("--push needs a --registry prefix (or $TIMMX_REGISTRY)")
-    with console.err.status(f"pushing {ref}", spinner="dots"):
-        for chunk in client.api.push(repository, tag=tag, stream=True, decode=True):
-            if "error" in chunk:
-                raise DockerError(f"pushing {ref} failed: {chunk['error']}")
-    console.err.print(f"[green]pushed[/] {ref}")
+    if not registry:
+        raise InvalidInputError("pushing needs --registry HOST[:PORT]/PREFIX (or $TIMMX_REGISTRY)")
+    with console.err.status(f"pushing {ref}", spinner="dots") as status:
+        digest = push_image(client, ref, registry, lambda line: status.update(f"pushing: {line}"))
+    console.err.print(f"[green]pushed[/] {digest}")
+    return digest
+
+
+@images_app.command("push")
+def push(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Toolchains (images/<name>/), or `base` for the base image; all toolchains "
+            "when absent.",
+            show_default=False,
+        ),
+    ] = None,
+    registry: Annotated[str | None, REGISTRY] = None,
+    base_image: Annotated[str | None, BASE] = None,
+    torch_index_url: Annotated[str | None, TORCH_INDEX] = None,
+    torch_wheels: Annotated[Path | None, TORCH_WHEELS] = None,
+) -> None:
+    """Push the present images to a registry and print each one's digest: builds then record
+    it, and `timmx build --locked` elsewhere pulls exactly those images by it."""
+    from timmx.images.engine import connect
+    from timmx.images.find import ensure_image
+    from timmx.images.recipes import all_recipes
+
+    settings = _settings(base_image, torch_index_url, torch_wheels, None)
+    target = registry or _settings(None, None, None, None).registry
+    wanted = names or [recipe.name for recipe in all_recipes()]
+    client = connect()
+    digests = {}
+    for name in wanted:
+        if name == "base":
+            ref = settings.base_image
+        else:
+            ref = ensure_image(client, name, settings, build=False).ref
+        digests[name] = _push(client, ref, target)
+    console.out.print_json(json.dumps(digests))
+
+
+@images_app.command("pull")
+def pull(
+    names: Annotated[list[str] | None, NAMES] = None,
+    registry: Annotated[str | None, REGISTRY] = None,
+    base_image: Annotated[str | None, BASE] = None,
+    torch_index_url: Annotated[str | None, TORCH_INDEX] = None,
+    torch_wheels: Annotated[Path | None, TORCH_WHEELS] = None,
+) -> None:
+    """Pull this timmx's images from a registry (instead of building them); present ones are
+    left alone."""
+    from timmx.errors import DockerError, InvalidInputError
+    from timmx.images.engine import connect
+    from timmx.images.find import ensure_image
+    from timmx.images.recipes import all_recipes, get_recipe
+
+    settings = _settings(base_image, torch_index_url, torch_wheels, registry)
+    if not settings.registry:
+        raise InvalidInputError("pulling needs --registry HOST[:PORT]/PREFIX (or $TIMMX_REGISTRY)")
+    recipes = [get_recipe(n) for n in names] if names else all_recipes()
+    client = connect()
+    for recipe in recipes:
+        shown = _Shown()
+        try:
+            found = ensure_image(
+                client, recipe.name, settings, build=False, exact_only=True, stage=shown.stage
+            )
+        except DockerError:
+            raise DockerError(
+                f"the {recipe.name} image of this timmx is not in {settings.registry}: push it "
+                f"there (`timmx images push {recipe.name} --registry {settings.registry}`) or "
+                f"build it here (`timmx images build {recipe.name}`)"
+            ) from None
+        word = "pulled" if found.how == "pulled" else "up to date"
+        console.err.print(f"[green]{word}[/] {found.ref}")
 
 
 @images_app.command("list")
