@@ -133,6 +133,19 @@ def test_check_names_altered_and_missing_artifacts(cli, project):
     assert cli("build", "--check").code == 0
 
 
+def test_check_counts_a_skipped_verification_as_unverified(cli, project):
+    """An artifact nobody compared with PyTorch (--no-verify here; Core ML's .mlmodel numerics
+    off macOS likewise) does not pass the CI gate, however fresh."""
+    text = (project / "timmx.toml").read_text()
+    (project / "timmx.toml").write_text(
+        text.replace('backend = "onnx"', 'backend = "onnx"\nverify = false')
+    )
+    assert cli("build").code == 0
+    jobs = manifest(project)["jobs"]
+    assert jobs["resnet18/onnx"]["verification"] == "skipped"
+    assert_refused(cli("build", "--check"), "2 of 4", "resnet18/onnx unverified")
+
+
 def test_one_failure_does_not_stop_the_rest(cli, project, make_checkpoint):
     (project / "ckpt/resnet18.pth").write_bytes(make_checkpoint("resnet18").read_bytes())
     result = cli("build")

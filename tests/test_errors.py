@@ -95,9 +95,18 @@ def test_checkpoint_with_another_class_count_names_the_fix(cli, workdir, make_ch
 
 @pytest.mark.parametrize("wrap", ["state_dict", "model", "state_dict_ema", "module"])
 def test_wrapped_checkpoints_load(cli, workdir, make_checkpoint, wrap):
+    """The weights inside the wrapper are the ones exported: compared with the plain state
+    dict's model, loaded by us."""
+    from tests.conftest import assert_matches, reference_model
+
     ckpt = make_checkpoint("resnet18", wrap=wrap, num_classes=3)
     result = cli("export", "torchscript", "resnet18", "-c", ckpt, "--num-classes", 3, *SMALL)
     assert result.code == 0, result.err
+    plain = make_checkpoint("resnet18", num_classes=3)  # same seed, same weights, unwrapped
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    expected = reference_model("resnet18", plain, num_classes=3)(x).detach().numpy()
+    actual = torch.jit.load(str(workdir / "resnet18.pt"))(x).detach().numpy()
+    assert_matches(actual, expected)
 
 
 def test_bad_input_size(cli, workdir):

@@ -116,27 +116,19 @@ def test_reparameterizable_model_is_fused(cli, workdir, make_checkpoint):
     assert_matches(run_onnx(workdir / "rep.onnx", x.numpy()), expected)
 
 
-def test_legacy_exporter_without_slim(cli, workdir):
+def test_legacy_exporter_without_slim(cli, workdir, make_checkpoint):
+    ckpt = make_checkpoint("resnet18")
     result = cli(
-        "export",
-        "onnx",
-        "resnet18",
-        "--input-size",
-        3,
-        32,
-        32,
-        "--exporter",
-        "torchscript",
-        "--no-slim",
-        "--opset",
-        17,
-        "-o",
-        "legacy.onnx",
-    )
+        "export", "onnx", "resnet18", "-c", ckpt, "--input-size", 3, 32, 32,
+        "--exporter", "torchscript", "--no-slim", "--opset", 17, "-o", "legacy.onnx",
+    )  # fmt: skip
     assert result.code == 0, result.err
     import onnx
 
     assert onnx.load(workdir / "legacy.onnx").opset_import[0].version == 17
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(12))
+    expected = reference_model("resnet18", ckpt)(x).detach().numpy()
+    assert_matches(run_onnx(workdir / "legacy.onnx", x.numpy()), expected)
 
 
 def test_same_job_gives_the_same_bytes(cli, workdir):

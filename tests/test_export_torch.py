@@ -61,19 +61,15 @@ def test_torchscript_trace(cli, workdir, make_checkpoint):
     assert_matches(module(x).detach(), expected.detach())
 
 
-def test_torchscript_script(cli, workdir):
+def test_torchscript_script(cli, workdir, make_checkpoint):
+    ckpt = make_checkpoint("resnet18")
     result = cli(
-        "export",
-        "torchscript",
-        "resnet18",
-        "--input-size",
-        3,
-        32,
-        32,
-        "--method",
-        "script",
-        "-o",
-        "s.pt",
-    )
+        "export", "torchscript", "resnet18", "-c", ckpt, "--input-size", 3, 32, 48,
+        "--method", "script", "-o", "s.pt",
+    )  # fmt: skip
     assert result.code == 0, result.err
     assert result.report(workdir / "s.pt")["verification"]["status"] == "passed"
+    scripted = torch.jit.load(str(workdir / "s.pt"))
+    x = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(3))
+    expected = reference_model("resnet18", ckpt)(x).detach().numpy()
+    assert_matches(scripted(x).detach().numpy(), expected)

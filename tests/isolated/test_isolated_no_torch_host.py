@@ -15,7 +15,7 @@ pytestmark = pytest.mark.isolated
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_core_install_exports_in_the_image(tmp_path: Path, images, no_leftovers):
+def test_core_install_exports_in_the_image(tmp_path: Path, images, make_checkpoint, no_leftovers):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     pip = subprocess.run(
@@ -32,6 +32,7 @@ def test_core_install_exports_in_the_image(tmp_path: Path, images, no_leftovers)
 
     work = tmp_path / "work"
     work.mkdir()
+    ckpt = make_checkpoint("resnet18")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     done = subprocess.run(
         [
@@ -39,6 +40,8 @@ def test_core_install_exports_in_the_image(tmp_path: Path, images, no_leftovers)
             "export",
             "onnx",
             "resnet18",
+            "-c",
+            str(ckpt),
             "--input-size",
             "3",
             "64",
@@ -58,3 +61,13 @@ def test_core_install_exports_in_the_image(tmp_path: Path, images, no_leftovers)
     assert report["environment"]["runner"] == "docker"
     assert report["verification"]["status"] == "passed"
     assert sorted(p.name for p in work.iterdir()) == ["m.onnx", "m.onnx.json"]
+
+    # Our own check, here where torch is: the artifact carries the checkpoint's weights.
+    import torch
+
+    from tests.conftest import assert_matches, reference_model
+    from tests.test_export_onnx import run_onnx
+
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(21))
+    expected = reference_model("resnet18", ckpt)(x).detach().numpy()
+    assert_matches(run_onnx(work / "m.onnx", x.numpy()), expected)

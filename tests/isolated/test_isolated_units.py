@@ -217,3 +217,31 @@ def test_unchosen_settings_follow_the_last_build(monkeypatch):
     mixed = BuildSettings.resolve(base_image="other:base").follow(labels)
     assert mixed.base_image == "other:base" and mixed.torch_index_url == "https://i/simple"
     assert BuildSettings.resolve().follow({}) == BuildSettings.resolve()
+
+
+def test_an_artifact_that_differs_from_the_workers_record_is_refused(tmp_path: Path):
+    """The worker says what it wrote; the host believes the files only when they agree."""
+    from timmx.contract import ExportResult
+    from timmx.output import describe_files
+
+    out = tmp_path / "out"
+    (out / "m.ncnn").mkdir(parents=True)
+    (out / "m.ncnn" / "m.param").write_text("param")
+    (out / "m.ncnn" / "m.bin").write_bytes(b"weights")
+    honest = describe_files([out / "m.ncnn"], out)
+    assert staged_artifacts(ExportResult(status="success", artifacts=honest), out) == [
+        out / "m.ncnn"
+    ]
+    for changed in (
+        {"sha256": "0" * 64},
+        {"bytes": honest[0].bytes + 1},
+    ):
+        record = [honest[0].model_copy(update=changed), *honest[1:]]
+        result = ExportResult(status="success", artifacts=record)
+        with pytest.raises(ContractError, match="differs from the worker's record"):
+            staged_artifacts(result, out)
+    # a member the worker did not name is not published unrecorded
+    (out / "m.ncnn" / "extra.txt").write_text("x")
+    result = ExportResult(status="success", artifacts=honest)
+    with pytest.raises(ContractError, match=r"extra\.txt"):
+        staged_artifacts(result, out)

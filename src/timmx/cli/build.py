@@ -52,6 +52,14 @@ def build_command(
             "unverified; build nothing.",
         ),
     ] = False,
+    locked: Annotated[
+        bool,
+        typer.Option(
+            "--locked",
+            help="Run each isolated job in exactly the image the manifest records for it "
+            "(present, or pulled by its digest): another machine rebuilds the same artifacts.",
+        ),
+    ] = False,
     ray: Annotated[
         str | None,
         typer.Option(
@@ -65,7 +73,7 @@ def build_command(
 ) -> None:
     """Export every model of the build file to every target; skip what is up to date."""
     from timmx.build.execute import default_jobs
-    from timmx.build.run import load_build
+    from timmx.build.run import load_build, locked_pins
     from timmx.build.spec import find_build_file
     from timmx.errors import InvalidInputError, TimmxError
 
@@ -88,13 +96,18 @@ def build_command(
             )
         console.err.print(f"[green]all {len(build.jobs)} artifacts are up to date[/]")
         return
+    if locked and ray is not None:
+        raise InvalidInputError(
+            "--locked runs on this machine's Docker engine: drop --ray, or --locked"
+        )
+    pins = locked_pins(build) if locked else None
     if ray is not None:
         from timmx.build.ray_runner import require_ray
 
         require_ray()
     # On Ray every job is queued at once unless capped: the cluster schedules them.
     slots = jobs or build.slots or (len(build.jobs) if ray is not None else default_jobs())
-    outcomes = _run(build, slots, keep_going, ray)
+    outcomes = _run(build, slots, keep_going, ray, pins)
     _summary(build, outcomes)
     failed = [o for o in outcomes if o.error is not None]
     if failed:
@@ -104,7 +117,7 @@ def build_command(
         )
 
 
-def _run(build, slots: int, keep_going: bool, ray_address: str | None = None):
+def _run(build, slots: int, keep_going: bool, ray_address: str | None = None, pins=None):
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from timmx.build.run import run_build
@@ -129,7 +142,9 @@ def _run(build, slots: int, keep_going: bool, ray_address: str | None = None):
             )
             progress.update(tasks[planned.id], description=text, total=1, completed=1)
 
-        return run_build(build, slots, keep_going, start, step, done, ray_address=ray_address)
+        return run_build(
+            build, slots, keep_going, start, step, done, ray_address=ray_address, pins=pins
+        )
 
 
 def _plan_table(build) -> None:

@@ -41,6 +41,9 @@ def staged_artifacts(result: ExportResult, out: Path) -> list[Path]:
     for artifact in result.artifacts:
         if found.get(artifact.path) != artifact:
             raise ContractError(f"the artifact {artifact.path} differs from the worker's record")
+    unrecorded = sorted(set(found) - {a.path for a in result.artifacts})
+    if unrecorded:  # nothing is published that the report does not list
+        raise ContractError(f"the worker's output has files it did not record: {unrecorded[0]}")
     return tops
 
 
