@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
+import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
 
 from timmx.contract import (
     CalibrationSpec,
@@ -101,7 +103,9 @@ JOB_FLAGS: dict[str, Flag] = {
         "--mean",
         panel=INPUT,
         metavar="M,M,M",
-        help="Normalisation mean (needs --normalize); the model's own by default.",
+        help="Normalisation mean, M,M,M or M M M: baked in with --normalize (the model's own "
+        "by default); without it, on litert/executorch int8, the preprocessing of an image-folder "
+        "calibration set.",
     ),
     "std": _flag(
         str | None,
@@ -109,7 +113,7 @@ JOB_FLAGS: dict[str, Flag] = {
         "--std",
         panel=INPUT,
         metavar="S,S,S",
-        help="Normalisation std (needs --normalize); the model's own by default.",
+        help="Normalisation std, S,S,S or S S S: as --mean.",
     ),
     "softmax": _flag(bool, False, "--softmax", panel=INPUT, help="Bake a softmax into the graph."),
     "device": _flag(str, "cpu", "--device", panel=INPUT, help="Export on cpu, cuda or mps."),
@@ -197,16 +201,54 @@ def backend_flags(backend: Backend) -> dict[str, Flag]:
     for name, field in backend.Options.model_fields.items():
         if name in flags:
             raise RuntimeError(f"backend {backend.name} option '{name}' clashes with a shared flag")
-        flag = "--" + name.replace("_", "-")
-        spelling = f"{flag}/--no-{flag[2:]}" if field.annotation is bool else flag
-        flags[name] = Flag(field.annotation, field.default, (spelling,), panel, field.description)
+        extra = _extra(field)
+        if extra.get("flag") is False:  # filled by build_job from other flags, not a flag itself
+            continue
+        spellings = ["--" + n.replace("_", "-") for n in (name, *extra.get("aliases", ()))]
+        if _is_switch(field.annotation):
+            spellings = [f"{flag}/--no-{flag[2:]}" for flag in spellings]
+        flags[name] = Flag(
+            field.annotation, field.default, tuple(spellings), panel, field.description
+        )
     return flags
+
+
+def _extra(field: Any) -> dict[str, Any]:
+    """A backend option's `json_schema_extra`: `aliases` (other names, e.g. upstream timmx's),
+    `flag: False` (no flag of its own)."""
+    extra = field.json_schema_extra
+    return extra if isinstance(extra, dict) else {}
+
+
+def _is_switch(annotation: Any) -> bool:
+    """bool, or bool | None (unset: the backend decides): spelt --x/--no-x."""
+    if annotation is bool:
+        return True
+    args = set(get_args(annotation))
+    return get_origin(annotation) in (Union, types.UnionType) and args == {bool, type(None)}
+
+
+def _canonical_names(backend: Backend, given: dict[str, Any]) -> dict[str, Any]:
+    """`given` with every alias of a backend option (`class_labels`) under its own name."""
+    aliases = {
+        alias: name
+        for name, field in backend.Options.model_fields.items()
+        for alias in _extra(field).get("aliases", ())
+    }
+    named: dict[str, Any] = {}
+    for key, value in given.items():
+        name = aliases.get(key, key)
+        if name in named:
+            raise InvalidInputError(f"'{key}' and '{name}' are one option: give only one")
+        named[name] = value
+    return named
 
 
 def with_defaults(backend: Backend, given: dict[str, Any]) -> dict[str, Any]:
     """`given` (Python names) completed with every option's default; an unknown name is refused
     with the closest known one."""
     flags = backend_flags(backend)
+    given = _canonical_names(backend, given)
     unknown = [name for name in given if name not in flags]
     if unknown:
         name = unknown[0]
@@ -224,8 +266,26 @@ def build_job(backend: Backend, model_name: str, values: dict[str, Any]) -> Expo
 
     from timmx.contract import describe_validation_error
 
-    options = {name: values[name] for name in backend.Options.model_fields}
-    output = values["output"] or default_output(model_name, backend.suffix)
+    options = {name: values[name] for name in backend.Options.model_fields if name in values}
+    mean, std = _floats(values["mean"], "--mean"), _floats(values["std"], "--std")
+    if (
+        (mean or std)
+        and not values["normalize"]
+        and "calibration_mean" in backend.Options.model_fields
+    ):
+        # Upstream timmx's meaning where calibration data is preprocessed: the mean/std an
+        # image folder is normalised with for calibration; the graph stays unnormalised.
+        options["calibration_mean"], options["calibration_std"] = mean, std
+        mean = std = None
+    parsed = backend.parse_options(options)
+    output = values["output"]
+    if output is None:
+        output = default_output(model_name, backend.default_suffix(parsed))
+        if output.exists():
+            raise InvalidInputError(
+                f"{output} already exists and was not named with --output: pass --output "
+                f"{output} to replace it, or choose another path"
+            )
     size = _input_size(values["input_size"])
     try:
         return ExportJob(
@@ -247,12 +307,12 @@ def build_job(backend: Backend, model_name: str, values: dict[str, Any]) -> Expo
             ),
             preprocess=PreprocessSpec(
                 normalize=values["normalize"],
-                mean=_floats(values["mean"], "--mean"),
-                std=_floats(values["std"], "--std"),
+                mean=mean,
+                std=std,
                 softmax=values["softmax"],
             ),
             calibration=_calibration(values),
-            options=backend.parse_options(options).model_dump(mode="json"),
+            options=parsed.model_dump(mode="json"),
             output=str(output),
             device=values["device"],
             verify=VerifySpec(enabled=values["verify"], atol=values["atol"], rtol=values["rtol"]),
@@ -271,8 +331,10 @@ def _input_size(value: Any) -> tuple[int, int, int] | None:
 
 
 def default_output(model_name: str, suffix: str) -> Path:
-    stem = model_name.split(":", 1)[-1].rstrip("/").split("/")[-1]
-    return Path(stem + suffix)
+    """`<model name><suffix>` in the current folder, named as upstream timmx names it: every
+    run of characters other than letters, digits, `_`, `.` and `-` (the `:` and `/` of
+    `hf-hub:timm/resnet50.a1_in1k`) becomes one `_`."""
+    return Path(re.sub(r"[^\w.-]+", "_", model_name) + suffix)
 
 
 def _floats(value: Any, flag: str) -> tuple[float, ...] | None:

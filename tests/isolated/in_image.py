@@ -38,11 +38,11 @@ def run_in_image(toolchain: str, script: str, folder: Path, timeout_s: int = 600
     container = (
         DockerContainer(image_of(toolchain))
         .with_volume_mapping(str(folder), "/check", "ro")
+        .with_env("HOME", "/tmp")
         .with_kwargs(
             entrypoint=["/opt/venv/bin/python", "-c", script],
             network_mode="none",
             user=f"{os.getuid()}:{os.getgid()}",
-            environment={"HOME": "/tmp"},
             working_dir="/check",
         )
     )

@@ -117,6 +117,11 @@ class Backend(ABC):
         """Every extension the artifact may have; `suffix` (the default) first."""
         return (self.suffix, *self.other_suffixes)
 
+    def default_suffix(self, options: Any) -> str:
+        """What the default output name (the model's name) ends with; `suffix` unless the
+        options change the artifact's kind."""
+        return self.suffix
+
     def parse_options(self, raw: dict[str, Any]) -> BackendOptions:
         try:
             return self.Options.model_validate(raw)

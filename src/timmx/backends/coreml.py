@@ -40,7 +40,7 @@ PALETTE_BITS = (1, 2, 3, 4, 6, 8)
 # Compressed weights: the error is the weights' rounding, checked relative to the output's
 # scale. Measured on resnet18 at 64x64 with random weights and norms (the worst case: no
 # structure for a table to keep), max error / max |output| and top-1 agreement on 16 inputs:
-# int8 0.019 / 100% (0.020 with float16 compute), int4 per-block 0.28 / 88%, palettes of
+# int8 0.019 / 100% (0.020 with float16 compute), int4-linear per-block 0.28 / 88%, palettes of
 # 8 bits 0.025 / 94%, 6 bits 0.079 / 88%, 4 bits 0.30 / 88%, 2 bits 0.82 / 88%. The bounds
 # leave headroom; only int8 keeps a top-1 requirement: verification checks one or two inputs,
 # and the random inputs it uses give low-margin predictions that a table may flip.
@@ -71,11 +71,16 @@ class CoremlOptions(BackendOptions):
     minimum_deployment_target: Target | None = Field(
         None,
         description="Oldest OS the model must run on (default: coremltools' own; iOS16 for "
-        "--int8/--palettize, iOS18 for --int4).",
+        "--int8/--int4/--palettize, iOS18 for --int4-linear).",
     )
     int8: bool = Field(False, description="Quantize weights to int8 (linear, per channel).")
     int4: bool = Field(
-        False, description="Quantize weights to int4 in blocks of 32 (mlprogram, iOS18+)."
+        False,
+        description="4-bit k-means palettization: a table of 16 values per tensor (mlprogram, "
+        "iOS16+); upstream timmx's --int4, the same as --palettize 4.",
+    )
+    int4_linear: bool = Field(
+        False, description="Quantize weights to int4 in blocks of 32 (linear; mlprogram, iOS18+)."
     )
     palettize: int | None = Field(
         None,
@@ -91,7 +96,13 @@ class CoremlOptions(BackendOptions):
     labels: Path | None = Field(
         None,
         description="Class labels, one per line in class order: makes a classifier that "
-        "returns the top label and each class's score.",
+        "returns the top label and each class's score (also --class-labels).",
+        json_schema_extra={"aliases": ["class_labels"]},
+    )
+    verify_compute_units: Literal["cpu", "all", "cpu-gpu", "cpu-ne"] = Field(
+        "cpu",
+        description="macOS: the compute units Core ML verifies on (float16 results differ "
+        "between the Neural Engine and the CPU); elsewhere unused.",
     )
 
     @field_validator("palettize")
@@ -117,6 +128,9 @@ class CoremlBackend(Backend):
     def runtime_name(self) -> str:  # type: ignore[override]
         return "Core ML (MLModel.predict)" if _on_core_ml() else "timmx.mil_reference (numpy)"
 
+    def default_suffix(self, options: CoremlOptions) -> str:
+        return ".mlpackage" if options.convert_to == "mlprogram" else ".mlmodel"
+
     def check(self, job: ExportJob, options: CoremlOptions) -> None:
         _check_compression(options)
         _check_target(options)
@@ -128,7 +142,9 @@ class CoremlBackend(Backend):
             )
 
     def tolerance(self, options: CoremlOptions) -> Tolerance:
-        bits = 8 if options.int8 else 4 if options.int4 else options.palettize
+        bits = (
+            8 if options.int8 else 4 if options.int4 or options.int4_linear else options.palettize
+        )
         if bits is not None:
             top1 = 0.9 if options.int8 else None
             return Tolerance(atol=1e-2, rtol=_COMPRESSED_RTOL[bits], min_top1=top1)
@@ -181,7 +197,9 @@ class CoremlBackend(Backend):
         from timmx.backends._coreml import runtime
 
         if _on_core_ml():
-            return runtime.core_ml_runtime(artifact, options.image_input)
+            return runtime.core_ml_runtime(
+                artifact, options.image_input, options.verify_compute_units
+            )
         if options.convert_to != "mlprogram":
             return None
         run, _ = runtime.reference_runtime(artifact, options.image_input)
@@ -240,8 +258,9 @@ def _on_core_ml() -> bool:
 
 def _note(options: CoremlOptions, details: dict[str, Any]) -> str:
     if _on_core_ml():
-        details["evaluator"] = "Core ML (MLModel.predict, CPU only)"
-        return "verified with Core ML itself (MLModel.predict on the CPU)"
+        units = options.verify_compute_units
+        details["evaluator"] = f"Core ML (MLModel.predict, compute units: {units})"
+        return f"verified with Core ML itself (MLModel.predict, compute units: {units})"
     if options.convert_to != "mlprogram":
         return (
             "Core ML cannot run off macOS and timmx's reference evaluator reads ML programs "
@@ -274,6 +293,7 @@ def _check_compression(options: CoremlOptions) -> None:
         for flag, on in (
             ("--int8", options.int8),
             ("--int4", options.int4),
+            ("--int4-linear", options.int4_linear),
             ("--palettize", options.palettize is not None),
             ("--half", options.half),
         )
@@ -295,8 +315,13 @@ def _check_compression(options: CoremlOptions) -> None:
             "--compute-precision applies to mlprogram only: a neuralnetwork computes in "
             "float32 (add --half for float16 weights)"
         )
+    if options.int4_linear:
+        raise InvalidInputError("--int4-linear (per-block) needs --convert-to mlprogram")
     if options.int4:
-        raise InvalidInputError("--int4 (per-block) needs --convert-to mlprogram")
+        raise InvalidInputError(
+            "--int4 (4-bit k-means palettization) needs --convert-to mlprogram (coremltools' "
+            "neural-network k-means quantizer fails with a TypeError)"
+        )
     if options.palettize is not None:
         raise InvalidInputError(
             "--palettize needs --convert-to mlprogram (coremltools' neural-network k-means "
@@ -327,7 +352,8 @@ def _check_target(options: CoremlOptions) -> None:
             "mlprogram): drop --convert-to neuralnetwork or choose an older target"
         )
     needs = (
-        ("--int4 (per-block)", PER_BLOCK_MIN, options.int4),
+        ("--int4-linear (per-block)", PER_BLOCK_MIN, options.int4_linear),
+        ("--int4", COMPRESSION_MIN, options.int4),
         ("--palettize 3", PER_BLOCK_MIN, options.palettize == 3),
         ("--int8", COMPRESSION_MIN, options.int8 and mlprogram),
         ("--palettize", COMPRESSION_MIN, options.palettize is not None),

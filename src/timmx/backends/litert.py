@@ -34,6 +34,22 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
+# --mean/--std without --normalize (upstream timmx's meaning on the backends that calibrate):
+# how an image folder is normalised for calibration. Set by the job builder from those flags,
+# not flags of their own.
+CALIBRATION_MEAN = Field(
+    None,
+    description="--mean without --normalize: the mean a calibration image folder is "
+    "normalised with (the graph is not normalised).",
+    json_schema_extra={"flag": False},
+)
+CALIBRATION_STD = Field(
+    None,
+    description="--std without --normalize: as calibration_mean.",
+    json_schema_extra={"flag": False},
+)
+
+
 class LiteRTOptions(BackendOptions):
     mode: Literal["fp32", "fp16", "dynamic-int8", "int8"] = Field(
         "fp32",
@@ -48,6 +64,13 @@ class LiteRTOptions(BackendOptions):
         description="With --mode int8: int8 model inputs and outputs (quantized with the "
         "tensors' own scale and zero point) instead of float32.",
     )
+    per_channel: bool = Field(
+        True,
+        description="int8 modes: weight scales per output channel (--no-per-channel: one per "
+        "tensor).",
+    )
+    calibration_mean: tuple[float, ...] | None = CALIBRATION_MEAN
+    calibration_std: tuple[float, ...] | None = CALIBRATION_STD
 
 
 @register
@@ -64,6 +87,12 @@ class LiteRTBackend(Backend):
 
     def check(self, job: ExportJob, options: LiteRTOptions) -> None:
         check_calibration(job, options.mode, calibrated_modes=("int8",))
+        check_calibration_stats(job, options, calibrated_modes=("int8",))
+        if not options.per_channel and options.mode not in ("int8", "dynamic-int8"):
+            raise InvalidInputError(
+                f"--no-per-channel sets int8 weight scales (--mode int8 or dynamic-int8), "
+                f"--mode {options.mode} has none: add one of those modes or drop it"
+            )
         if options.int8_io and options.mode != "int8":
             raise InvalidInputError(
                 f"--int8-io needs --mode int8 (--mode {options.mode} has float inputs): "
@@ -91,15 +120,15 @@ class LiteRTBackend(Backend):
 
         model, example = ctx.model.cpu().eval(), ctx.example_input.cpu()
         batches = None
-        if options.mode == "int8":
-            batches = ctx.calibration_batches()  # validated before anything is converted
+        if options.mode == "int8":  # validated before anything is converted
+            batches = calibration_batches(ctx, options.calibration_mean, options.calibration_std)
         if options.nhwc_input:
             from litert_torch import to_channel_last_io
 
             model = to_channel_last_io(model, args=[0]).eval()
             example = example.permute(0, 2, 3, 1).contiguous()
             batches = [b.permute(0, 2, 3, 1).contiguous() for b in batches or []] or None
-        data = convert.convert(model, example, options.mode, batches)
+        data = convert.convert(model, example, options.mode, batches, options.per_channel)
         if options.mode == "int8":
             data = flatbuffer.int8_io(data) if options.int8_io else flatbuffer.float_io(data)
         ctx.artifact.write_bytes(data)
@@ -117,7 +146,62 @@ class LiteRTBackend(Backend):
         facts = flatbuffer.describe(artifact)
         facts["mode"] = options.mode
         facts["layout"] = "NHWC" if options.nhwc_input else "NCHW"
+        if options.mode in ("int8", "dynamic-int8"):
+            facts["weight_scales"] = "per channel" if options.per_channel else "per tensor"
         return facts
+
+
+def check_calibration_stats(
+    job: ExportJob, options: Any, calibrated_modes: tuple[str, ...]
+) -> None:
+    """--mean/--std without --normalize preprocess a calibration image folder: refused where
+    nothing is read from one."""
+    if options.calibration_mean is None and options.calibration_std is None:
+        return
+    if options.mode not in calibrated_modes:
+        modes = " or ".join(f"--mode {m}" for m in calibrated_modes)
+        raise InvalidInputError(
+            f"--mean/--std without --normalize set how calibration images are preprocessed "
+            f"({modes}), and --mode {options.mode} calibrates nothing: add --normalize to bake "
+            "them into the graph, or drop them"
+        )
+    if job.calibration is not None and job.calibration.random:
+        raise InvalidInputError(
+            "--mean/--std without --normalize preprocess a calibration image folder, and "
+            "--random-calibration reads none: pass --calibration-data FOLDER, add --normalize "
+            "to bake them into the graph, or drop them"
+        )
+
+
+def calibration_batches(
+    ctx: ExportContext, mean: tuple[float, ...] | None, std: tuple[float, ...] | None
+) -> list[Any]:
+    """The calibration batches; an image folder normalised with `mean`/`std` where given
+    (upstream timmx's --mean/--std without --normalize) instead of the model's own."""
+    if mean is None and std is None:
+        return ctx.calibration_batches()
+    spec = ctx.job.calibration
+    if spec is not None and spec.path and not (ctx.workspace / spec.path).is_dir():
+        raise InvalidInputError(
+            f"--calibration-data {spec.path} is a tensor, calibrated on as it is: --mean/--std "
+            "without --normalize preprocess an image folder only; drop them, or add --normalize "
+            "to bake them into the graph"
+        )
+    chans = ctx.summary.input_size[0]
+    stats = {"mean": mean, "std": std}
+    for name, values in stats.items():
+        if values is not None and len(values) != chans and not (chans == 1 and len(values) == 3):
+            raise InvalidInputError(
+                f"--{name} has {len(values)} values but the model takes {chans} channels"
+            )
+    if std is not None and any(v == 0 for v in std):
+        raise InvalidInputError("--std values must be non-zero")
+    saved = ctx.data_config
+    ctx.data_config = {**saved, **{k: v for k, v in stats.items() if v is not None}}
+    try:
+        return ctx.calibration_batches()
+    finally:
+        ctx.data_config = saved
 
 
 def _check_precision(artifact: Path, options: LiteRTOptions) -> None:

@@ -1,4 +1,9 @@
-"""ncnn (.param + .bin in a folder) through pnnx, verified with the ncnn Python runtime."""
+"""ncnn (.param + .bin in a folder) through pnnx, verified with the ncnn Python runtime.
+
+A `NAME.ncnn` folder holds `NAME.param` and `NAME.bin`. A folder of any other name is laid out
+as upstream timmx lays out its `resnet18_ncnn/`: `model.ncnn.param`, `model.ncnn.bin` and
+`model_ncnn.py`, pnnx's small Python loader (which finds the files beside itself).
+"""
 
 from __future__ import annotations
 
@@ -23,16 +28,41 @@ class NcnnOptions(BackendOptions):
     fp16: bool = Field(True, description="Store weights as fp16 (ncnn's usual deployment form).")
 
 
+class _AnyName(tuple):
+    """The output names ncnn takes: a folder of any name (`resnet18_ncnn`, as upstream timmx
+    names it), `.ncnn` the usual one."""
+
+    def __contains__(self, suffix: object) -> bool:
+        return True
+
+
+UPSTREAM_STEM = "model.ncnn"  # upstream timmx's file names, in folders not named NAME.ncnn
+LOADER = "model_ncnn.py"
+
+
+def files_of(folder: Path) -> tuple[Path, Path]:
+    """The .param and .bin files of an ncnn artifact folder."""
+    stem = folder.stem if folder.suffix == ".ncnn" else UPSTREAM_STEM
+    return folder / f"{stem}.param", folder / f"{stem}.bin"
+
+
 @register
 class NcnnBackend(Backend):
     name = "ncnn"
-    help = "ncnn model (a .ncnn folder with .param and .bin) via pnnx, verified in ncnn."
+    help = "ncnn model (a folder with .param and .bin) via pnnx, verified in ncnn."
     suffix = ".ncnn"
     toolchain = "ncnn"
     requires = ("torch", "timm", "pnnx", "ncnn")
     install_hint = "pip install 'timmx[ncnn]'"
     Options = NcnnOptions
     runtime_name = "ncnn"
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        return _AnyName((self.suffix,))
+
+    def default_suffix(self, options: NcnnOptions) -> str:
+        return "_ncnn"  # resnet18_ncnn/, as upstream timmx names it
 
     def check(self, job: ExportJob, options: NcnnOptions) -> None:
         if job.input.dynamic_batch or job.input.batch_size != 1:
@@ -50,7 +80,8 @@ class NcnnBackend(Backend):
 
         folder = ctx.artifact
         folder.mkdir()
-        stem = folder.stem
+        param, weights = files_of(folder)
+        upstream_layout = folder.suffix != ".ncnn"
         scratch = folder.parent / "pnnx"  # staging is private and removed afterwards
         scratch.mkdir()
         traced = scratch / "model.pt"
@@ -58,18 +89,20 @@ class NcnnBackend(Backend):
             module = torch.jit.trace(ctx.model.cpu(), ctx.example_input.cpu(), check_trace=False)
         module.save(str(traced))
         shape = ",".join(str(d) for d in ctx.example_input.shape)
+        side = {key: scratch / name for key, name in _SIDE_OUTPUTS.items()}
+        if upstream_layout:
+            side["ncnnpy"] = folder / LOADER
         command = [
             pnnx.EXEC_PATH,
             str(traced),
             f"inputshape=[{shape}]f32",
             "device=cpu",
             f"fp16={int(options.fp16)}",
-            f"ncnnparam={folder / (stem + '.param')}",
-            f"ncnnbin={folder / (stem + '.bin')}",
-            *(f"{key}={scratch / name}" for key, name in _SIDE_OUTPUTS.items()),
+            f"ncnnparam={param}",
+            f"ncnnbin={weights}",
+            *(f"{key}={path}" for key, path in side.items()),
         ]
         run = subprocess.run(command, capture_output=True, text=True, cwd=scratch)
-        param = folder / (stem + ".param")
         if run.returncode != 0 or not param.exists():
             last = (run.stderr or run.stdout).strip().splitlines()[-1:] or ["no output"]
             raise ExportFailedError(f"pnnx failed on {ctx.job.model.name}: {last[0][:200]}")
@@ -82,6 +115,9 @@ class NcnnBackend(Backend):
                 + (f" ({ignored[:140]})" if ignored else "")
                 + "; try another backend (onnx, litert) for this architecture"
             )
+        loader = folder / LOADER
+        if loader.exists():
+            loader.write_text(relocatable_loader(loader.read_text(), param, weights))
         return [folder]
 
     def load_runtime(self, artifact: Path, options: NcnnOptions) -> Runtime:
@@ -94,10 +130,8 @@ class NcnnBackend(Backend):
         if not options.fp16:
             net.opt.use_fp16_storage = net.opt.use_fp16_packed = False
             net.opt.use_fp16_arithmetic = False
-        stem = artifact.stem
-        if net.load_param(str(artifact / f"{stem}.param")) or net.load_model(
-            str(artifact / f"{stem}.bin")
-        ):
+        param, weights = files_of(artifact)
+        if net.load_param(str(param)) or net.load_model(str(weights)):
             raise ExportFailedError(f"ncnn could not load {artifact}")
 
         def run(x: np.ndarray) -> np.ndarray:
@@ -114,7 +148,7 @@ class NcnnBackend(Backend):
         return run
 
     def inspect_artifact(self, artifact: Path, options: NcnnOptions) -> dict:
-        layers = _layer_types(artifact / f"{artifact.stem}.param")
+        layers = _layer_types(files_of(artifact)[0])
         return {"layers": dict(sorted(Counter(layers).items())), "fp16_weights": options.fp16}
 
 
@@ -126,6 +160,17 @@ _SIDE_OUTPUTS = {
     "pnnxonnx": "model.pnnx.onnx",
     "ncnnpy": "model_ncnn.py",
 }
+
+
+def relocatable_loader(source: str, param: Path, weights: Path) -> str:
+    """pnnx's loader names the files by the absolute paths it wrote them to (here, a staging
+    folder that is gone after the export): name them beside the loader instead."""
+    for path in (param, weights):
+        source = source.replace(
+            f'"{path.as_posix()}"',
+            f'os.path.join(os.path.dirname(os.path.abspath(__file__)), "{path.name}")',
+        )
+    return "import os\n" + source
 
 
 def _layer_types(param: Path) -> list[str]:

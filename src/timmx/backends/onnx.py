@@ -10,6 +10,7 @@ from pydantic import Field
 from timmx.backends import register
 from timmx.backends._pt2 import dynamic_batch_shapes
 from timmx.backends.base import Backend, BackendOptions, ExportContext, Runtime
+from timmx.errors import ExportFailedError, InvalidInputError, first_line
 
 # Protobuf cannot hold a single file over 2 GB; bigger models keep weights in a side file.
 _EXTERNAL_DATA_BYTES = 1_800_000_000
@@ -21,6 +22,12 @@ class OnnxOptions(BackendOptions):
         "dynamo", description="torch.onnx exporter: dynamo (torch.export based) or torchscript."
     )
     slim: bool = Field(True, description="Simplify the graph with onnxslim.")
+    external_data: bool | None = Field(
+        None,
+        description="Weights in a side file NAME.onnx.data (--external-data) or inside the "
+        ".onnx (--no-external-data, up to protobuf's 2 GB); default: a side file over 1.8 GB.",
+    )
+    check: bool = Field(True, description="Run the ONNX checker on the saved model.")
 
 
 @register
@@ -61,14 +68,22 @@ class OnnxBackend(Backend):
             import onnxslim
 
             proto = onnxslim.slim(proto)
-        big = sum(p.numel() * p.element_size() for p in model.parameters()) > _EXTERNAL_DATA_BYTES
+        size = sum(p.numel() * p.element_size() for p in model.parameters())
+        external = options.external_data
+        if external is False and size > _EXTERNAL_DATA_BYTES:
+            raise InvalidInputError(
+                f"{ctx.job.model.name} has {size / 1e9:.1f} GB of weights, more than one ONNX "
+                "file holds (protobuf's 2 GB): drop --no-external-data"
+            )
         files = [ctx.artifact]
-        if big:
+        if external or (external is None and size > _EXTERNAL_DATA_BYTES):
             data = ctx.artifact.with_name(ctx.artifact.name + ".data")
             onnx.save_model(proto, ctx.artifact, save_as_external_data=True, location=data.name)
             files.append(data)
         else:
             onnx.save_model(proto, ctx.artifact)
+        if options.check:
+            _check(ctx.artifact)
         return files
 
     def load_runtime(self, artifact: Path, options: OnnxOptions) -> Runtime:
@@ -86,6 +101,19 @@ class OnnxBackend(Backend):
             return session.run(None, {input_name: x.astype(np.float32)})[0]
 
         return run
+
+
+def _check(artifact: Path) -> None:
+    """onnx.checker on the saved file (by path, so that external data is read too)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(artifact), full_check=False)
+    except onnx.checker.ValidationError as exc:
+        raise ExportFailedError(
+            f"the ONNX checker refused the exported model ({first_line(exc, 160)}): "
+            "--no-check skips the checker"
+        ) from None
 
 
 def _export_legacy(model, x, kwargs) -> bytes:

@@ -36,6 +36,7 @@ class ContainerPool:
         self._client = None
         self._containers: dict[tuple[str, str, int], WarmContainer] = {}
         self._exchanges: list[Path] = []
+        self._fetched: set[tuple[str, str]] = set()  # (image, model) whose weights are cached
 
     def run(self, planned: PlannedJob, progress: Progress) -> ExportResult:
         from timmx.backends import get_backend
@@ -49,6 +50,12 @@ class ContainerPool:
                 container.close()
             container = self._start(planned, toolchain, pin, progress)
             self._containers[key] = container
+        name = planned.job.model.name
+        if planned.job.model.pretrained and (container.image.id, name) not in self._fetched:
+            from timmx.runners.docker import fetch_weights
+
+            fetch_weights(self._client, container.image.ref, name, container, progress)
+            self._fetched.add((container.image.id, name))
         return container.run(planned.job, progress)
 
     def _start(

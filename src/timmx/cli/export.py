@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from timmx.cli import console
 
@@ -44,10 +44,50 @@ class BackendCommands(TyperGroup):
 
 def _backend_command(backend: Backend) -> click.Command:
     single = typer.Typer(add_completion=False)
-    single.command(name=backend.name, help=backend.help, no_args_is_help=True)(
+    single.command(name=backend.name, help=backend.help, no_args_is_help=True, cls=ExportCommand)(
         _make_command(backend)
     )
     return typer.main.get_command(single)
+
+
+# Options that take one number per channel: `--mean 0.5,0.5,0.5`, or upstream timmx's
+# `--mean 0.5 0.5 0.5`.
+PER_CHANNEL = ("--mean", "--std")
+
+
+class ExportCommand(TyperCommand):
+    """A backend's command; `--mean 0.5 0.5 0.5` reads as `--mean 0.5,0.5,0.5`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, join_numbers(args, PER_CHANNEL))
+
+
+def join_numbers(args: list[str], options: tuple[str, ...]) -> list[str]:
+    """Each of `options` followed by several numbers, its numbers joined by commas."""
+    joined: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":  # the rest are arguments, not options
+            return joined + args[i:]
+        joined.append(arg)
+        i += 1
+        if arg in options and i < len(args):
+            values = [args[i]]
+            i += 1
+            while i < len(args) and _numbers(args[i]):
+                values.append(args[i])
+                i += 1
+            joined.append(",".join(values))
+    return joined
+
+
+def _numbers(token: str) -> bool:
+    try:
+        [float(part) for part in token.split(",")]
+    except ValueError:
+        return False
+    return True
 
 
 def _option(flag: Flag) -> Any:

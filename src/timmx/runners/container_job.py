@@ -111,20 +111,30 @@ def _mount_caches(mounts: Mounts) -> None:
     mounts.binds += cache_binds(mounts.env)
 
 
-def cache_binds(env: dict[str, str]) -> list[tuple[Path, str, bool]]:
-    """Pretrained weights: the host's Hugging Face and torch hub caches, read-only, offline
-    (`env` gets the variables that point the container at them)."""
+def cache_binds(env: dict[str, str], writable: bool = False) -> list[tuple[Path, str, bool]]:
+    """Pretrained weights: the host's Hugging Face and torch hub caches, read-only and offline
+    for an export (`env` gets the variables that point the container at them); `writable` for
+    the step that fetches them, which creates them when missing."""
     binds = []
     home = Path.home()
     hf_home = Path(os.environ.get("HF_HOME") or home / ".cache" / "huggingface")
     hub = Path(os.environ.get("HF_HUB_CACHE") or hf_home / "hub")
-    if hub.is_dir():
-        binds.append((hub.resolve(), "/cache/huggingface/hub", True))
-        env.update({"HF_HUB_CACHE": "/cache/huggingface/hub", "HF_HUB_OFFLINE": "1"})
     torch_home = Path(os.environ.get("TORCH_HOME") or home / ".cache" / "torch")
+    if writable:
+        for folder in (hub, torch_home):
+            folder.mkdir(parents=True, exist_ok=True)
+    if hub.is_dir():
+        binds.append((hub.resolve(), "/cache/huggingface/hub", not writable))
+        env["HF_HUB_CACHE"] = "/cache/huggingface/hub"
+        if not writable:
+            env["HF_HUB_OFFLINE"] = "1"
     if torch_home.is_dir():
-        binds.append((torch_home.resolve(), "/cache/torch", True))
+        binds.append((torch_home.resolve(), "/cache/torch", not writable))
         env["TORCH_HOME"] = "/cache/torch"
+    if writable:
+        for name in ("HF_TOKEN", "HF_ENDPOINT"):  # a private repository, a mirror
+            if os.environ.get(name):
+                env[name] = os.environ[name]
     return binds
 
 

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from timmx.contract import ExportJob, ExportResult
-from timmx.errors import DockerError, InvalidInputError, first_line
+from timmx.errors import DockerError, InvalidInputError, ModelError, first_line
 from timmx.images.engine import connect
 from timmx.images.find import ensure_image
 from timmx.images.identity import BuildSettings
 from timmx.output import staging_folder
 from timmx.runners.base import Progress, check_job, memory_bytes, no_progress, save_report
-from timmx.runners.container_job import JOB_DIR, Mounts, stage_job
+from timmx.runners.container_job import JOB_DIR, Mounts, cache_binds, stage_job
 from timmx.runners.container_result import accept_result, read_result
 from timmx.time_limit import TIME_LIMIT_ENV, timed_out_message
 
@@ -40,6 +40,7 @@ _MIN_MEMORY = 64 * 1024**2  # a floor for typos like 8m: importing torch alone n
 class Limits(Protocol):
     memory: str
     timeout_s: int
+    pids_limit: int
 
 
 class DockerRunner:
@@ -76,6 +77,8 @@ class DockerRunner:
                 notice=progress,
                 on_line=steps_only(progress),
             )
+            if job.model.pretrained:
+                fetch_weights(client, image.ref, job.model.name, self, progress)
             with staging_folder(destination) as staging, _terminate_as_interrupt():
                 mounts = stage_job(job, workspace, staging, destination.name)
                 out = staging / "out"
@@ -189,6 +192,46 @@ def exit_code_of(client, container) -> Callable[[], int]:
         return box[0] if box else -1
 
     return code
+
+
+def fetch_weights(client, image: str, name: str, limits: Limits, progress: Progress) -> None:
+    """The export container has no network: the weights come into the host's caches first,
+    by the image's timm, in a container that can reach the hub and write only there."""
+    from docker.errors import APIError
+
+    env: dict[str, str] = {}
+    binds = cache_binds(env, writable=True)
+    options = hardened_options(
+        image, [name], bind_mounts(binds), env, limits.memory, limits.pids_limit
+    )
+    options.update(network_mode="bridge", entrypoint=["/opt/venv/bin/python", "-m", "timmx.fetch"])
+    progress(f"Fetching the pretrained weights of {name}")
+    try:
+        container = client.containers.create(**options)
+    except APIError as exc:
+        raise DockerError(f"cannot create the fetch container: {first_line(exc)}") from None
+    timer = threading.Timer(limits.timeout_s, lambda: _remove_quietly(container))
+    timer.daemon = True
+    try:
+        exit_code = exit_code_of(client, container)
+        container.start()
+        timer.start()
+        lines = list(log_lines(container.logs(stream=True, follow=True)))
+        code = exit_code()
+    finally:
+        timer.cancel()
+        _remove_quietly(container)
+    if code != 0:
+        errors = [line[len("error: ") :] for line in lines if line.startswith("error: ")]
+        last = errors[-1] if errors else (" | ".join(lines[-3:]) or f"exit code {code}")
+        raise ModelError(last)
+
+
+def _remove_quietly(container) -> None:
+    from docker.errors import APIError
+
+    with suppress(APIError):
+        container.remove(force=True)
 
 
 def hardened_options(

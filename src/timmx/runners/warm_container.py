@@ -71,6 +71,7 @@ class WarmContainer:
         self.exchange = exchange
         self.memory = memory
         self.timeout_s = timeout_s
+        self.pids_limit = pids_limit
         self._inside: dict[str, str] = {}  # input path (relative to workspace) -> /job path
         binds: list[tuple[Path, str, bool]] = []
         for number, relative in enumerate(inputs):

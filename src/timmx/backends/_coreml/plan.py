@@ -54,8 +54,10 @@ class Plan:
 def compression_of(options: Any) -> str | None:
     if options.int8:
         return "int8"
-    if options.int4:
+    if options.int4_linear:
         return "int4"
+    if options.int4:  # upstream timmx's --int4: 4-bit k-means palettization
+        return "palettize4"
     if options.palettize is not None:
         return f"palettize{options.palettize}"
     if options.half:
@@ -70,13 +72,13 @@ def resolve_target(options: Any, ctx: ExportContext) -> str | None:
         return options.minimum_deployment_target
     if options.convert_to != "mlprogram":
         return None
-    if options.int4:
+    if options.int4_linear:
         ctx.warn(
-            "--int4 (per-block) needs iOS18: the minimum deployment target was raised to iOS18 "
-            "(--minimum-deployment-target macOS15 etc. for other platforms)"
+            "--int4-linear (per-block) needs iOS18: the minimum deployment target was raised to "
+            "iOS18 (--minimum-deployment-target macOS15 etc. for other platforms)"
         )
         return name_for(PER_BLOCK_MIN)
-    if options.int8 or options.palettize is not None:
+    if options.int8 or options.int4 or options.palettize is not None:
         return name_for(COMPRESSION_MIN)
     return None
 

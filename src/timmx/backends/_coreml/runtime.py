@@ -45,11 +45,17 @@ def reference_runtime(artifact: Path, image: bool) -> tuple[Runtime | None, dict
     return run, {}
 
 
-def core_ml_runtime(artifact: Path, image: bool) -> Runtime:
-    """MLModel.predict on the CPU (macOS only)."""
+def core_ml_runtime(artifact: Path, image: bool, compute_units: str = "cpu") -> Runtime:
+    """MLModel.predict on `compute_units` (macOS only): cpu, all, cpu-gpu or cpu-ne."""
     import coremltools as ct
 
-    model = ct.models.MLModel(str(artifact), compute_units=ct.ComputeUnit.CPU_ONLY)
+    units = {
+        "cpu": ct.ComputeUnit.CPU_ONLY,
+        "all": ct.ComputeUnit.ALL,
+        "cpu-gpu": ct.ComputeUnit.CPU_AND_GPU,
+        "cpu-ne": ct.ComputeUnit.CPU_AND_NE,
+    }[compute_units]
+    model = ct.models.MLModel(str(artifact), compute_units=units)
     spec = model.get_spec()
     input_name = spec.description.input[0].name
     probabilities = _probabilities_output(spec)

@@ -23,8 +23,10 @@ def convert(
     example: torch.Tensor,
     mode: Mode,
     calibration: list[torch.Tensor] | None = None,
+    per_channel: bool = True,
 ) -> bytes:
-    """The .tflite bytes of `model` traced on `example` (a fixed shape), quantized per `mode`."""
+    """The .tflite bytes of `model` traced on `example` (a fixed shape), quantized per `mode`
+    (the int8 modes' weights per channel, or per tensor)."""
     import litert_torch
 
     if mode == "fp32":
@@ -36,12 +38,19 @@ def convert(
             model, (example,), quant_config=quant_recipes.full_fp16_recipe()
         )
     else:
-        module, quant_config = _pt2e(model, example, mode == "int8", calibration or [])
+        static = mode == "int8"
+        module, quant_config = _pt2e(model, example, static, calibration or [], per_channel)
         edge = litert_torch.convert(module, (example,), quant_config=quant_config)
     return bytes(edge.model_content())
 
 
-def _pt2e(model: nn.Module, example: torch.Tensor, static: bool, batches: list[torch.Tensor]):
+def _pt2e(
+    model: nn.Module,
+    example: torch.Tensor,
+    static: bool,
+    batches: list[torch.Tensor],
+    per_channel: bool = True,
+):
     """PT2E with litert-torch's quantizer: static ranges from `batches`, or dynamic."""
     from litert_torch.quantize import pt2e_quantizer
     from litert_torch.quantize.quant_config import QuantConfig
@@ -49,7 +58,7 @@ def _pt2e(model: nn.Module, example: torch.Tensor, static: bool, batches: list[t
     from timmx.backends._pt2 import pt2e_quantize
 
     scheme = pt2e_quantizer.get_symmetric_quantization_config(
-        is_per_channel=True, is_dynamic=not static
+        is_per_channel=per_channel, is_dynamic=not static
     )
     quantizer = pt2e_quantizer.PT2EQuantizer().set_global(scheme)
     quantized = pt2e_quantize(
