@@ -385,11 +385,31 @@ def test_float16_overflow_is_named_with_the_fix_that_works(cli, workdir, make_ch
     state = torch.load(make_checkpoint("resnet18", num_classes=10), weights_only=True)
     state["fc.weight"] *= 1e5  # logits far beyond float16's 65504
     torch.save(state, workdir / "big.pth")
-    result = export(cli, workdir / "big.pth", "big.mlpackage")
+    insisted = ("--compute-precision", "float16")
+    result = export(cli, workdir / "big.pth", "big.mlpackage", *insisted)
     assert_refused(result, "not finite", "float16 overflowed", "--compute-precision float32")
     assert "--atol" not in result.err
-    fixed = export(cli, workdir / "big.pth", "big.mlpackage", "--compute-precision", "float32")
-    assert fixed.code == 0, fixed.err
+    assert leftovers(workdir) == []  # nothing written (leftovers() passes over the .pth)
+
+
+def test_default_precision_falls_back_to_float32_when_float16_fails(cli, workdir, make_checkpoint):
+    """The user chose no precision: float16 overflows, so the package computes in float32,
+    checked against timm, and the report says why."""
+    state = torch.load(make_checkpoint("resnet18", num_classes=10), weights_only=True)
+    state["fc.weight"] *= 1e5
+    torch.save(state, workdir / "big.pth")
+    result = export(cli, workdir / "big.pth", "big.mlpackage")
+    assert result.code == 0, result.err
+    report = result.report(workdir / "big.mlpackage")
+    assert any("computes in float32" in w and "inf" in w for w in report["warnings"])
+    x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    model = reference_model("resnet18", workdir / "big.pth", num_classes=10)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert np.abs(expected).max() > 65504  # beyond float16
+    actual = run_program(workdir / "big.mlpackage", x.numpy())["output"]
+    assert np.isfinite(actual).all()
+    assert_matches(actual, expected, rel=1e-3)
 
 
 def test_a_neuralnetwork_is_never_said_to_be_verified_numerically(cli, workdir, make_checkpoint):

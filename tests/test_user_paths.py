@@ -35,9 +35,17 @@ def _run(backend: str, artifact: Path, x: np.ndarray) -> np.ndarray:
 
         return run_tflite(artifact, x)
     if backend == "ncnn":
-        from tests.test_export_ncnn import run_ncnn
+        from tests.test_export_ncnn import ncnn
+        from timmx.backends.ncnn import files_of
 
-        return run_ncnn(artifact, x, fp16=False)
+        net = ncnn.Net()
+        net.opt.use_fp16_storage = net.opt.use_fp16_packed = net.opt.use_fp16_arithmetic = False
+        param, weights = files_of(artifact)
+        net.load_param(str(param))
+        net.load_model(str(weights))
+        extractor = net.create_extractor()
+        extractor.input("in0", ncnn.Mat(np.ascontiguousarray(x[0])))
+        return np.array(extractor.extract("out0")[1])[None]
     if backend == "coreml":
         from tests.test_export_coreml import run_program
 
@@ -178,10 +186,14 @@ def test_no_reparameterize_keeps_the_branches(cli, workdir, make_checkpoint):
         assert_matches(run_onnx(workdir / name, x.numpy()), expected, rel=1e-3)
 
 
-@pytest.mark.parametrize("backend", ["ncnn", "coreml"])
-def test_re_export_over_a_folder_artifact(cli, workdir, make_checkpoint, backend):
-    """The second export replaces the first whole: its weights, and no file of the first."""
-    artifact = workdir / f"m{SUFFIX[backend]}"
+@pytest.mark.parametrize(
+    ("backend", "name"),
+    [("ncnn", "m.ncnn"), ("ncnn", "resnet18_ncnn"), ("coreml", "m.mlpackage")],
+)
+def test_re_export_over_a_folder_artifact(cli, workdir, make_checkpoint, backend, name):
+    """The second export replaces the first whole: its weights, and no file of the first
+    (ncnn's folder under upstream's name too)."""
+    artifact = workdir / name
     flags = ["--input-size", 3, H, W, *EXACT.get(backend, []), "-o", artifact]
     first = make_checkpoint("resnet18", num_classes=10)
     assert cli("export", backend, "resnet18", "-c", first, "--num-classes", 10, *flags).code == 0

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import difflib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -70,7 +75,8 @@ def create_model(job: ExportJob, workspace: Path) -> nn.Module:
         kwargs["in_chans"] = spec.in_chans
     torch.manual_seed(spec.seed)  # the same job gives the same random weights, bit for bit
     try:
-        model = timm.create_model(spec.name, pretrained=spec.pretrained, **kwargs)
+        with pretrained_access(spec.name) if spec.pretrained else nullcontext():
+            model = timm.create_model(spec.name, pretrained=spec.pretrained, **kwargs)
     except TypeError as exc:
         raise ModelError(f"{spec.name} does not accept these arguments: {exc}") from None
     except (OSError, RuntimeError, ValueError) as exc:
@@ -85,6 +91,174 @@ def create_model(job: ExportJob, workspace: Path) -> nn.Module:
     return model.eval()
 
 
+# Pretrained weights: from the local cache without a network call; otherwise one short probe of
+# their host first, so that an unreachable hub is one line in seconds, not a minute of retries.
+
+PROBE_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where timm would fetch a model's pretrained weights from."""
+
+    host: str  # named in messages: the hub's endpoint or the URL's host
+    cache: Path  # the folder they would be cached in
+    cache_variable: str  # the environment variable that moves that folder
+    cached: bool
+    probe: Callable[[], object]  # raises when the host does not answer
+    hub: bool  # a Hugging Face hub download (HF_HUB_OFFLINE applies)
+
+
+@contextmanager
+def pretrained_access(name: str) -> Iterator[None]:
+    """Around `timm.create_model(name, pretrained=True)`. Cached weights load offline; missing
+    ones are downloaded only when their host answers a probe, else ModelError in one line."""
+    source = weights_source(name)
+    if source is None:  # a local file or folder, or no pretrained weights: timm says so
+        yield
+        return
+    fix = (
+        f"pass --checkpoint with a local file, or fill the cache ({source.cache_variable}) "
+        "where the network reaches it"
+    )
+    if not source.cached:
+        if source.hub and _hub_offline_set():
+            raise ModelError(
+                f"the pretrained weights of {name} are not in the Hugging Face cache "
+                f"{source.cache} and HF_HUB_OFFLINE is set: {fix}"
+            )
+        reason = unreachable(source.probe)
+        if reason is not None:
+            raise ModelError(
+                f"cannot download the pretrained weights of {name}: {source.host} could not be "
+                f"reached ({reason}) and they are not in the cache {source.cache}: {fix}"
+            )
+    with _hub_offline(source.cached and source.hub), _hub_quiet():
+        yield
+
+
+def weights_source(name: str) -> WeightsSource | None:
+    if name.startswith("local-dir:"):
+        return None
+    if name.startswith(("hf-hub:", "hf_hub:")):
+        return _hub_source(name.split(":", 1)[1], "pytorch_model.bin", extra=("config.json",))
+    from timm.models import get_pretrained_cfg
+    from timm.models._hub import has_hf_hub
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None or cfg.state_dict or cfg.file or cfg.source == "local-dir":
+        return None
+    if cfg.hf_hub_id and has_hf_hub():
+        return _hub_source(cfg.hf_hub_id, cfg.hf_hub_filename or "pytorch_model.bin")
+    if cfg.url:
+        return _url_source(cfg.url)
+    return None
+
+
+def _hub_source(hub_id: str, filename: str, extra: tuple[str, ...] = ()) -> WeightsSource:
+    """timm loads `filename`, or first its safetensors alternative; `extra` files are needed too
+    (the config of an `hf-hub:` model)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import get_session
+    from timm.models._hub import _get_safe_alternatives, hf_split
+
+    repo, revision = hf_split(hub_id)
+    weights = [filename] if filename.endswith(".safetensors") else []
+    weights = weights or [*_get_safe_alternatives(filename), filename]
+
+    def cached(names: list[str]) -> bool:
+        return any(
+            isinstance(try_to_load_from_cache(repo, file, revision=revision), str) for file in names
+        )
+
+    return WeightsSource(
+        host=f"the Hugging Face hub ({constants.ENDPOINT})",
+        cache=Path(constants.HF_HUB_CACHE),
+        cache_variable="HF_HOME",
+        cached=cached(weights) and all(cached([file]) for file in extra),
+        probe=lambda: get_session().head(constants.ENDPOINT, timeout=PROBE_TIMEOUT_S),
+        hub=True,
+    )
+
+
+def _url_source(url: str) -> WeightsSource:
+    """Weights that timm fetches with torch.hub (models without a hub id)."""
+    import urllib.error
+    import urllib.request
+
+    parts = urlparse(url)
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+
+    def probe() -> None:
+        request = urllib.request.Request(f"{parts.scheme}://{parts.netloc}/", method="HEAD")
+        with suppress(urllib.error.HTTPError):  # an answer, whatever its status
+            urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S).close()
+
+    return WeightsSource(
+        host=parts.netloc or url,
+        cache=cache,
+        cache_variable="TORCH_HOME",
+        cached=(cache / Path(parts.path).name).is_file(),
+        probe=probe,
+        hub=False,
+    )
+
+
+def unreachable(probe: Callable[[], object]) -> str | None:
+    """Why `probe` failed, or None when it returned; never waits much over PROBE_TIMEOUT_S
+    (a name lookup that hangs is not covered by the client's own timeout)."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            probe()
+            outcome.append(None)
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, name="timmx-weights-probe", daemon=True)
+    thread.start()
+    thread.join(PROBE_TIMEOUT_S + 1.0)
+    if not outcome:
+        return f"no answer in {PROBE_TIMEOUT_S:g} s"
+    error = outcome[0]
+    return None if error is None else first_line(error, 120)
+
+
+def _hub_offline_set() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+@contextmanager
+def _hub_offline(enabled: bool) -> Iterator[None]:
+    """huggingface_hub's offline mode for this call only: the cached files, no request."""
+    if not enabled:
+        yield
+        return
+    from huggingface_hub import constants
+
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
+
+
+@contextmanager
+def _hub_quiet() -> Iterator[None]:
+    """No "Retrying in 1s" lines: a failure ends as one ModelError line."""
+    logger = logging.getLogger("huggingface_hub")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
 def prepare(job: ExportJob, workspace: Path) -> PreparedModel:
     model = create_model(job, workspace)
     reparameterized = False
@@ -95,8 +269,10 @@ def prepare(job: ExportJob, workspace: Path) -> PreparedModel:
         reparameterized = True
 
     config = timm.data.resolve_data_config({}, model=model)
-    model_chans = int(config["input_size"][0])
-    size = tuple(job.input.size) if job.input.size else tuple(config["input_size"])
+    # timm keeps the pretrained config's channels when in_chans changes them: the job knows
+    model_chans = job.model.in_chans or int(config["input_size"][0])
+    default = (model_chans, *config["input_size"][1:])
+    size = tuple(job.input.size) if job.input.size else default
     if size[0] != model_chans:
         raise InvalidInputError(
             f"input size {list(size)} has {size[0]} channels but {job.model.name} takes "

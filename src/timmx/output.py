@@ -2,6 +2,7 @@
 
 A backend writes into a private staging folder beside the destination (same filesystem, so a
 rename is atomic); only a verified artifact is moved into place, and the report comes last.
+A staging folder that a killed process left is removed later (see timmx.cleanup).
 """
 
 from __future__ import annotations
@@ -14,17 +15,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from timmx.cleanup import remove_stale_siblings, write_owner
 from timmx.contract import ArtifactFile
 from timmx.errors import InvalidInputError
 
 
-def check_output(path: Path, suffix: str | tuple[str, ...], backend: str) -> None:
-    """Refuse an output path that cannot be written, before any work is done."""
+def check_output(
+    path: Path, suffix: str | tuple[str, ...], backend: str, any_folder_name: bool = False
+) -> None:
+    """Refuse an output path that cannot be written, before any work is done.
+    `any_folder_name`: the artifact is a folder, named as the user likes (ncnn's)."""
     allowed = (suffix,) if isinstance(suffix, str) else suffix
-    if path.suffix not in allowed:
+    if path.suffix not in allowed and not any_folder_name:
         ends = " or ".join(allowed)
         raise InvalidInputError(f"--output {path} must end with {ends} for the {backend} backend")
-    if path.exists() and path.is_dir() != (path.suffix in _FOLDER_SUFFIXES):
+    folder = any_folder_name or path.suffix in _FOLDER_SUFFIXES
+    if path.exists() and path.is_dir() != folder:
         raise InvalidInputError(f"--output {path} exists and is of another kind: remove it first")
     parent = path.parent
     try:
@@ -44,9 +50,13 @@ _FOLDER_SUFFIXES = {".mlpackage", ".ncnn"}
 
 @contextmanager
 def staging_folder(destination: Path) -> Iterator[Path]:
-    """A private folder beside `destination`, removed on exit whatever happens."""
+    """A private folder beside `destination`, removed on exit whatever happens. It records its
+    owner, so that one a killed process left is removed later: here, by the next export to the
+    same destination, or by `timmx clean`."""
+    remove_stale_siblings(destination)
     folder = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
     try:
+        write_owner(folder)
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -104,6 +104,7 @@ class Backend(ABC):
     help: ClassVar[str]
     suffix: ClassVar[str]  # the artifact's extension, e.g. ".onnx"
     other_suffixes: ClassVar[tuple[str, ...]] = ()  # further extensions --output may take
+    any_folder_name: ClassVar[bool] = False  # the artifact is a folder of any name (ncnn's)
     toolchain: ClassVar[str]  # the image it runs in with --isolated
     requires: ClassVar[tuple[str, ...]]  # distributions that must be installed to run in-process
     install_hint: ClassVar[str]
@@ -135,6 +136,11 @@ class Backend(ABC):
 
     def tolerance(self, options: Any) -> Tolerance:
         return FP32
+
+    def fallback(self, options: Any) -> tuple[Any, str] | None:
+        """Options to export with once more when the artifact fails verification under a
+        default the user did not choose, and the warning that says so; None: no second try."""
+        return None
 
     def nonfinite_fix(self, options: Any) -> str | None:
         """What to do when the artifact's outputs overflow (inf), where the backend knows."""

@@ -155,6 +155,16 @@ class CoremlBackend(Backend):
             return FP16
         return FP32
 
+    def fallback(self, options: CoremlOptions) -> tuple[CoremlOptions, str] | None:
+        """float16 compute, the default, overflows or misses its bound on some models (large
+        activations after reparameterization, large norm statistics): float32 then."""
+        if options.convert_to != "mlprogram" or options.compute_precision is not None:
+            return None
+        return options.model_copy(update={"compute_precision": "float32"}), (
+            "float16 compute failed verification, so this package computes in float32 "
+            "(--compute-precision float16 insists on float16)"
+        )
+
     def nonfinite_fix(self, options: CoremlOptions) -> str | None:
         if options.convert_to == "mlprogram" and options.compute_precision != "float32":
             return (

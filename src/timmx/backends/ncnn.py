@@ -28,14 +28,6 @@ class NcnnOptions(BackendOptions):
     fp16: bool = Field(True, description="Store weights as fp16 (ncnn's usual deployment form).")
 
 
-class _AnyName(tuple):
-    """The output names ncnn takes: a folder of any name (`resnet18_ncnn`, as upstream timmx
-    names it), `.ncnn` the usual one."""
-
-    def __contains__(self, suffix: object) -> bool:
-        return True
-
-
 UPSTREAM_STEM = "model.ncnn"  # upstream timmx's file names, in folders not named NAME.ncnn
 LOADER = "model_ncnn.py"
 
@@ -51,15 +43,12 @@ class NcnnBackend(Backend):
     name = "ncnn"
     help = "ncnn model (a folder with .param and .bin) via pnnx, verified in ncnn."
     suffix = ".ncnn"
+    any_folder_name = True  # `resnet18_ncnn/`, as upstream timmx names it, or NAME.ncnn
     toolchain = "ncnn"
     requires = ("torch", "timm", "pnnx", "ncnn")
     install_hint = "pip install 'timmx[ncnn]'"
     Options = NcnnOptions
     runtime_name = "ncnn"
-
-    @property
-    def suffixes(self) -> tuple[str, ...]:
-        return _AnyName((self.suffix,))
 
     def default_suffix(self, options: NcnnOptions) -> str:
         return "_ncnn"  # resnet18_ncnn/, as upstream timmx names it

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import sys
 import traceback
+from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
 from timmx.cli import console
+from timmx.cli.clean import clean_command
 from timmx.cli.export import BackendCommands
 from timmx.errors import TimmxError
 
@@ -17,7 +19,7 @@ app = typer.Typer(
     help="Export timm image models to deployment formats, verified against PyTorch.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion
 )
 export_app = typer.Typer(
     cls=BackendCommands,
@@ -73,6 +75,7 @@ def _add_build() -> None:
 
 
 _add_build()
+app.command("clean")(clean_command)
 
 
 @app.command()
@@ -88,12 +91,21 @@ def doctor(
 @app.command()
 def info(
     model_name: Annotated[str, typer.Argument(help="timm model name.")],
+    pretrained: Annotated[
+        bool, typer.Option("--pretrained", help="Load the pretrained weights.")
+    ] = False,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option("--checkpoint", "-c", help="Fine-tuned weights to load, as an export does."),
+    ] = None,
+    num_classes: Annotated[int | None, typer.Option(help="Classifier size.")] = None,
+    in_chans: Annotated[int | None, typer.Option(help="Input channels.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Parameters, default input size, classes and mean/std of a timm model."""
     from timmx.cli.models import show_info
 
-    show_info(model_name, json_out)
+    show_info(model_name, json_out, pretrained, checkpoint, num_classes, in_chans)
 
 
 @app.command("list")
