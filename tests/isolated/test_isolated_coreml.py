@@ -13,6 +13,7 @@ import torch
 
 from tests.conftest import assert_matches, reference_model
 from tests.isolated.helpers import build_image
+from tests.report_files import assert_report_lists_the_files
 
 pytestmark = pytest.mark.isolated
 
@@ -60,6 +61,7 @@ def test_isolated_int8_matches_in_process(
     for path in [artifact, *artifact.rglob("*")]:  # the folder and everything in it
         assert path.stat().st_uid == os.getuid(), path
     assert _sha256(artifact / WEIGHTS) == _sha256(workdir / "local" / "m.mlpackage" / WEIGHTS)
+    assert_report_lists_the_files(artifact)  # every member of the package, rehashed here
 
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     ours = Evaluator(load_program(artifact)).run({"input": x.numpy()})["output"]

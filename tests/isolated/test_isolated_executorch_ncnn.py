@@ -11,6 +11,7 @@ import torch
 from tests.conftest import assert_matches, reference_model
 from tests.isolated.helpers import build_image
 from tests.isolated.in_image import run_pte
+from tests.report_files import assert_report_lists_the_files
 
 pytestmark = pytest.mark.isolated
 
@@ -32,8 +33,8 @@ def test_executorch_xnnpack_in_its_own_torch(
 ):
     ckpt = make_checkpoint("resnet18", num_classes=10)
     result = cli(
-        "export", "executorch", "resnet18", "-c", ckpt, "--num-classes", 10, *SIZE,
-        "-o", "out/m.pte", "--isolated",
+        "export", "executorch", "resnet18", "-c", ckpt, "--num-classes", 10,
+        "--input-size", 3, 32, 48, "-o", "out/m.pte", "--isolated",
     )  # fmt: skip
     assert result.code == 0, result.err
     report = result.report(workdir / "out/m.pte")
@@ -45,9 +46,10 @@ def test_executorch_xnnpack_in_its_own_torch(
     assert details["non_delegated_ops"] == {}
 
     # Our own check: the .pte in ExecuTorch's runtime (in its image) against timm here.
-    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    x = torch.randn(1, 3, 32, 48, generator=torch.Generator().manual_seed(6))  # non-square
     expected = reference_model("resnet18", ckpt, num_classes=10)(x).detach().numpy()
     assert_matches(run_pte(workdir / "out/m.pte", {"x": x.numpy()})["x"], expected)
+    assert_report_lists_the_files(workdir / "out/m.pte")
 
 
 def _top1_agreement(actual: np.ndarray, expected: np.ndarray) -> float:

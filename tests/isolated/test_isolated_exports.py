@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import assert_matches, reference_model
-from tests.isolated.helpers import TIMMX
+from tests.isolated.helpers import OWNERS, TIMMX
+from tests.report_files import assert_report_lists_the_files
 
 pytestmark = pytest.mark.isolated
 
@@ -64,6 +65,7 @@ def test_isolated_matches_in_process(
     assert report["model"] == local_report["model"]
     assert sorted(p.name for p in (workdir / "iso").iterdir()) == [f"m{suffix}", f"m{suffix}.json"]
     assert artifact.stat().st_uid == os.getuid() and artifact.stat().st_gid == os.getgid()
+    assert_report_lists_the_files(artifact)  # the host's record, rehashed here
 
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     ours = _outputs(artifact, x)
@@ -108,3 +110,28 @@ def test_error_inside_the_container_is_one_line(cli, workdir, images, no_leftove
     error = [line for line in result.err.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and str(bad) in error[0] and "in/checkpoint" not in error[0], result.err
     assert sorted(p.name for p in workdir.iterdir()) == ["bad.pth"]
+
+
+def test_two_concurrent_isolated_exports(workdir, make_checkpoint, images, no_leftovers):
+    """Two containers at once into one folder (one destination too): each publishes whole."""
+    import torch
+
+    ckpt = make_checkpoint("resnet18")
+    argv = [*TIMMX, "export", "onnx", "resnet18", "-c", str(ckpt), *SIZE, "--isolated"]
+    outputs = ["out/a.onnx", "out/same.onnx", "out/same.onnx"]
+    procs = [
+        subprocess.Popen([*argv, "-o", out], cwd=workdir, stderr=subprocess.PIPE, text=True)
+        for out in outputs
+    ]
+    OWNERS.update(proc.pid for proc in procs)
+    for proc in procs:
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(13))
+    with torch.no_grad():
+        expected = reference_model("resnet18", ckpt)(x).numpy()
+    for name in ("a.onnx", "same.onnx"):
+        assert_matches(_outputs(workdir / "out" / name, x), expected)
+        assert_report_lists_the_files(workdir / "out" / name)
+    names = sorted(p.name for p in (workdir / "out").iterdir())
+    assert names == ["a.onnx", "a.onnx.json", "same.onnx", "same.onnx.json"]

@@ -250,8 +250,8 @@ def _convert_from_a_source(ctx: ExportContext, ct, module, plan, chosen: str):
         return mlmodel
     raise ExportFailedError(
         f"coremltools could not convert {plan.model_name} from either frontend "
-        f"({'; '.join(failures)}): export it to another format (onnx, litert), or try "
-        "--convert-to neuralnetwork"
+        f"({'; '.join(failures)}): export it to another format (onnx, litert); both Core ML "
+        "formats read these frontends, so --convert-to does not help"
     )
 
 
