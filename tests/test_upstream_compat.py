@@ -387,8 +387,13 @@ def test_shell_completion(cli):
     script = Path(sys.executable).with_name("timmx")  # completion is keyed by the program name
     if not script.exists():
         pytest.skip("the timmx console script is not installed beside this Python")
+    # as a user types it in bash: the shell is detected from the parent process (`; exit` keeps
+    # bash from exec-ing timmx in its place)
     run = subprocess.run(
-        [str(script), "--show-completion", "bash"], capture_output=True, text=True, timeout=120
+        ["bash", "-c", f"'{script}' --show-completion; exit $?"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stderr
     assert "_timmx_completion" in run.stdout and "_TIMMX_COMPLETE" in run.stdout
