@@ -304,12 +304,15 @@ def test_ctrl_c_leaves_nothing_half_written(project):
     import sys
     import time
 
+    from tests.isolated.helpers import interruptible
+
     proc = subprocess.Popen(
         [sys.executable, "-m", "timmx", "build", "--jobs", "2"],
         cwd=project,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
     )
     deadline = time.monotonic() + 120
     staging: list[Path] = []

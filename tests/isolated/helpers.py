@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -38,6 +39,12 @@ def wait_for_container(client, proc: subprocess.Popen, timeout_s: float = 120):
     raise AssertionError("no export container appeared")
 
 
+def interruptible() -> None:
+    """In the child before exec: Ctrl-C as a terminal delivers it. A suite started in the
+    background by a non-interactive shell ignores SIGINT, and a child would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
         [*TIMMX, *args],
@@ -45,6 +52,7 @@ def spawn(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
         **kwargs,
     )
 
