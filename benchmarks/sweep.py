@@ -305,22 +305,11 @@ def input_shape(model, size: int) -> tuple[int, int, int]:
 
 
 def randomize_norms(model) -> None:
-    """As tests/conftest.py: every norm (and layer-scale) gets random, well-conditioned values."""
-    import torch
+    """As the tests do: every norm (and layer-scale) gets random, well-conditioned values."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's tests/
+    from tests.conftest import randomize_norms as randomize
 
-    generator = torch.Generator().manual_seed(1234)
-    with torch.no_grad():
-        for module in model.modules():
-            for name in ("weight", "bias", "running_mean", "running_var", "gamma"):
-                tensor = getattr(module, name, None)
-                is_norm = "Norm" in type(module).__name__ or name == "gamma"
-                if not is_norm or not isinstance(tensor, torch.Tensor) or tensor.ndim != 1:
-                    continue
-                values = torch.rand(tensor.shape, generator=generator)
-                if name in ("weight", "running_var", "gamma"):
-                    tensor.copy_(0.5 + values)
-                else:
-                    tensor.copy_(values - 0.5)
+    randomize(model)
 
 
 def write(results: Path, record: dict[str, Any]) -> None:
