@@ -1,13 +1,12 @@
 """torch.export and PT2E helpers shared by the backends that capture with torch.export.
 
-The batch rule and the dynamic `Dim` (torch-export, executorch, onnx, coreml), the calibration
-rule of the quantizing modes (litert, executorch), and the PT2E static/dynamic quantize step.
+The batch rule and the dynamic `Dim` (torch-export, executorch, onnx, coreml) and the PT2E
+static/dynamic quantize step.
 torch is imported inside the functions: backend modules stay importable without it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from timmx.contract import ExportJob
@@ -39,24 +38,6 @@ def batch_dim(upper: int | None = None) -> Any:
 def dynamic_batch_shapes(job: ExportJob) -> tuple[dict[int, Any], ...] | None:
     """torch.export's dynamic_shapes for the one image input, or None for a fixed batch."""
     return ({0: batch_dim()},) if job.input.dynamic_batch else None
-
-
-def check_calibration(job: ExportJob, mode: str, calibrated_modes: Iterable[str]) -> None:
-    """A mode that calibrates needs calibration data; every other mode refuses it."""
-    calibration = job.calibration
-    calibrated = tuple(calibrated_modes)
-    wanted = " or ".join(f"--mode {m}" for m in calibrated)
-    if mode in calibrated and calibration is None:
-        raise InvalidInputError(
-            f"--mode {mode} needs calibration: --calibration-data PATH (a torch-saved "
-            "(N, C, H, W) tensor or an image folder), or --random-calibration to try it on noise"
-        )
-    if mode not in calibrated and calibration is not None:
-        flag = "--calibration-data" if calibration.path else "--random-calibration"
-        raise InvalidInputError(
-            f"{flag} only applies to {wanted} (--mode {mode} needs no calibration): "
-            f"add {wanted} or drop it"
-        )
 
 
 def pt2e_quantize(

@@ -15,12 +15,14 @@ from typing import Any, Literal
 from pydantic import Field
 
 from timmx.backends import register
-from timmx.backends._pt2 import (
-    batch_dim,
+from timmx.backends._calibrated import (
+    CALIBRATION_MEAN,
+    CALIBRATION_STD,
+    calibration_batches,
     check_calibration,
-    pt2e_quantize,
-    require_batch_of_two,
+    check_calibration_stats,
 )
+from timmx.backends._pt2 import batch_dim, pt2e_quantize, require_batch_of_two
 from timmx.backends.base import (
     FP32,
     INT8,
@@ -29,12 +31,6 @@ from timmx.backends.base import (
     ExportContext,
     Runtime,
     Tolerance,
-)
-from timmx.backends.litert import (
-    CALIBRATION_MEAN,
-    CALIBRATION_STD,
-    calibration_batches,
-    check_calibration_stats,
 )
 from timmx.contract import ExportJob
 from timmx.errors import BackendUnavailableError, InvalidInputError

@@ -1,0 +1,102 @@
+"""What every backend with a calibrated (static int8) mode shares: the rule that only that mode
+takes calibration data, upstream's --mean/--std without --normalize, and the batches themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from timmx.contract import ExportJob
+from timmx.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from timmx.backends.base import ExportContext
+
+# --mean/--std without --normalize (upstream timmx's meaning on the backends that calibrate):
+# how an image folder is normalised for calibration. Set by the job builder from those flags,
+# not flags of their own.
+CALIBRATION_MEAN = Field(
+    None,
+    description="--mean without --normalize: the mean a calibration image folder is "
+    "normalised with (the graph is not normalised).",
+    json_schema_extra={"flag": False},
+)
+CALIBRATION_STD = Field(
+    None,
+    description="--std without --normalize: as calibration_mean.",
+    json_schema_extra={"flag": False},
+)
+
+
+def check_calibration(job: ExportJob, mode: str, calibrated_modes: Iterable[str]) -> None:
+    """A mode that calibrates needs calibration data; every other mode refuses it."""
+    calibration = job.calibration
+    calibrated = tuple(calibrated_modes)
+    wanted = " or ".join(f"--mode {m}" for m in calibrated)
+    if mode in calibrated and calibration is None:
+        raise InvalidInputError(
+            f"--mode {mode} needs calibration: --calibration-data PATH (a torch-saved "
+            "(N, C, H, W) tensor or an image folder), or --random-calibration to try it on noise"
+        )
+    if mode not in calibrated and calibration is not None:
+        flag = "--calibration-data" if calibration.path else "--random-calibration"
+        raise InvalidInputError(
+            f"{flag} only applies to {wanted} (--mode {mode} needs no calibration): "
+            f"add {wanted} or drop it"
+        )
+
+
+def check_calibration_stats(
+    job: ExportJob, options: Any, calibrated_modes: tuple[str, ...]
+) -> None:
+    """--mean/--std without --normalize preprocess a calibration image folder: refused where
+    nothing is read from one."""
+    if options.calibration_mean is None and options.calibration_std is None:
+        return
+    if options.mode not in calibrated_modes:
+        modes = " or ".join(f"--mode {m}" for m in calibrated_modes)
+        raise InvalidInputError(
+            f"--mean/--std without --normalize set how calibration images are preprocessed "
+            f"({modes}), and --mode {options.mode} calibrates nothing: add --normalize to bake "
+            "them into the graph, or drop them"
+        )
+    if job.calibration is not None and job.calibration.random:
+        raise InvalidInputError(
+            "--mean/--std without --normalize preprocess a calibration image folder, and "
+            "--random-calibration reads none: pass --calibration-data FOLDER, add --normalize "
+            "to bake them into the graph, or drop them"
+        )
+
+
+def calibration_batches(
+    ctx: ExportContext, mean: tuple[float, ...] | None, std: tuple[float, ...] | None
+) -> list[Any]:
+    """The calibration batches; an image folder normalised with `mean`/`std` where given
+    (upstream timmx's --mean/--std without --normalize) instead of the model's own."""
+    if mean is None and std is None:
+        return ctx.calibration_batches()
+    spec = ctx.job.calibration
+    if spec is not None and spec.path and not (ctx.workspace / spec.path).is_dir():
+        raise InvalidInputError(
+            f"--calibration-data {spec.path} is a tensor, calibrated on as it is: --mean/--std "
+            "without --normalize preprocess an image folder only; drop them, or add --normalize "
+            "to bake them into the graph"
+        )
+    chans = ctx.summary.input_size[0]
+    stats = {"mean": mean, "std": std}
+    for name, values in stats.items():
+        if values is not None and len(values) != chans and not (chans == 1 and len(values) == 3):
+            raise InvalidInputError(
+                f"--{name} has {len(values)} values but the model takes {chans} channels"
+            )
+    if std is not None and any(v == 0 for v in std):
+        raise InvalidInputError("--std values must be non-zero")
+    saved = ctx.data_config
+    ctx.data_config = {**saved, **{k: v for k, v in stats.items() if v is not None}}
+    try:
+        return ctx.calibration_batches()
+    finally:
+        ctx.data_config = saved
