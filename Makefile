@@ -48,6 +48,7 @@ images: setup
 bench: setup
 	$(BIN)/python benchmarks/cli.py
 	$(BIN)/python benchmarks/isolated.py
+	$(BIN)/python benchmarks/quantized.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

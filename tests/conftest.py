@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.prebuild import (  # noqa: F401 - hooks: images build while in-process tests run
+    pytest_collection_modifyitems,
+    pytest_runtest_setup,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
 from timmx.cli.app import main
 
 

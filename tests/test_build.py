@@ -177,8 +177,8 @@ def test_dry_run_plans_without_building(cli, project):
         ),
         (('backend = "onnx"', 'backend = "onnxx"'), ["targets[0]", "onnxx"]),
         (
-            ("dynamic-batch = true", 'dynamic-batch = true\nmode = "int8"'),
-            ["targets[0] (onnx)", "'mode'"],
+            ("dynamic-batch = true", 'dynamic-batch = true\ndelegate = "xnnpack"'),
+            ["targets[0] (onnx)", "'delegate'"],
         ),
         (
             ('[[targets]]\nbackend = "torch-export"', '[[targets]]\nbackend = "onnx"'),
@@ -239,7 +239,8 @@ def test_schema_build_lists_each_backends_keys(cli):
         t["properties"]["backend"]["const"]: t
         for t in schema["properties"]["targets"]["items"]["oneOf"]
     }
-    assert "mode" in targets["litert"]["properties"] and "mode" not in targets["onnx"]["properties"]
+    assert "nhwc-input" in targets["litert"]["properties"]
+    assert "nhwc-input" not in targets["onnx"]["properties"]
     assert "num-classes" in schema["properties"]["defaults"]["properties"]
 
 
@@ -331,3 +332,33 @@ def test_ctrl_c_leaves_nothing_half_written(project):
         ["pgrep", "-f", f"timmx.worker --serve {project}"], capture_output=True
     )
     assert workers.stdout.strip() == b""
+
+
+def test_shared_calibration_reaches_only_the_modes_that_calibrate(workdir):
+    """[defaults] calibration keys go to int8 targets; a fp32 target set on its own refuses."""
+    from timmx.build.plan import plan_build
+    from timmx.build.spec import load_build_file
+
+    torch.save(torch.randn(4, 3, 32, 32), workdir / "c.pt")
+    text = (
+        '[defaults]\ninput-size = [3, 32, 32]\ncalibration-data = "c.pt"\n\n'
+        '[[models]]\nname = "resnet18"\n\n'
+        '[[targets]]\nbackend = "onnx"\n\n'
+        '[[targets]]\nbackend = "onnx"\nname = "onnx-int8"\nmode = "int8"\n\n'
+        '[[targets]]\nbackend = "openvino"\nmode = "int8"\n\n'
+        '[[targets]]\nbackend = "litert"\n'
+    )
+    (workdir / "timmx.toml").write_text(text)
+    jobs = {p.target: p.job for p in plan_build(load_build_file(workdir / "timmx.toml"))}
+    assert jobs["onnx"].calibration is None and jobs["litert"].calibration is None
+    assert jobs["onnx-int8"].calibration is not None and jobs["openvino"].calibration is not None
+
+    from timmx.backends import get_backend
+
+    fp32 = get_backend("onnx")
+    (workdir / "timmx.toml").write_text(
+        text + '\n[[targets]]\nbackend = "onnx"\nname = "bad"\ncalibration-data = "c.pt"\n'
+    )
+    bad = next(p for p in plan_build(load_build_file(workdir / "timmx.toml")) if p.target == "bad")
+    with pytest.raises(Exception, match="--mode int8"):
+        fp32.check(bad.job, fp32.parse_options(bad.job.options))

@@ -14,6 +14,7 @@ CASES = {
     "litert": "m.tflite",
     "ncnn": "m.ncnn",
     "coreml": "m.mlpackage",
+    "coreai": "m.aimodel",
 }
 
 

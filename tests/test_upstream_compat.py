@@ -1,6 +1,6 @@
 """Upstream timmx's README commands (PyPI `timmx` 0.4.4 and 0.10.1) run unchanged here.
 
-Each command is copied from upstream's README (TensorRT, OpenVINO and Core AI excepted) and
+Each command is copied from upstream's README (TensorRT excepted) and
 rewritten only where this machine must differ: `--pretrained` becomes a local checkpoint of a
 randomly initialised model, images and tensors for calibration are generated, and inputs are
 64x64 (`--input-size 3 64 64`) to keep the suite fast. Every export must exit 0 with a passed
@@ -250,6 +250,20 @@ README: list[tuple[str, str, bool]] = [
         "export torchscript resnet18 --pretrained --method script "
         "--output ./artifacts/resnet18_scripted.pt",
         True,
+    ),
+    ("0.10.1", "export openvino resnet18 --pretrained --output ./artifacts/resnet18.xml", True),
+    (
+        "0.10.1",
+        "export openvino resnet18 --pretrained --dynamic-batch --no-fp16 "
+        "--output ./artifacts/resnet18_dynamic.xml",
+        True,
+    ),
+    ("0.10.1", "export coreai resnet18 --pretrained --output ./artifacts/resnet18.aimodel", True),
+    (
+        "0.10.1",
+        "export coreai resnet18 --pretrained --batch-size 2 --dynamic-batch "
+        "--output ./artifacts/resnet18_dynamic.aimodel",
+        True,  # coreai-core's own runtime runs the asset on Linux too
     ),
     # 0.10.1's prose: --output is optional, `<model name>.<ext>` (ncnn: `<model name>_ncnn/`).
     ("0.10.1", "export onnx resnet18 --pretrained", True),

@@ -104,8 +104,8 @@ JOB_FLAGS: dict[str, Flag] = {
         panel=INPUT,
         metavar="M,M,M",
         help="Normalisation mean, M,M,M or M M M: baked in with --normalize (the model's own "
-        "by default); without it, on litert/executorch int8, the preprocessing of an image-folder "
-        "calibration set.",
+        "by default); without it, on an int8 mode that calibrates, the preprocessing of an "
+        "image-folder calibration set.",
     ),
     "std": _flag(
         str | None,

@@ -45,7 +45,7 @@ def check_output(
         )
 
 
-_FOLDER_SUFFIXES = {".mlpackage", ".ncnn"}
+_FOLDER_SUFFIXES = {".mlpackage", ".ncnn", ".aimodel"}
 
 
 @contextmanager

@@ -112,6 +112,8 @@ class Backend(ABC):
     runtime_name: ClassVar[str]  # what verification runs the artifact in
     # True: the CLI adds the shared calibration flags and fills ExportJob.calibration.
     uses_calibration: ClassVar[bool] = False
+    # The values of the options' `mode` that read calibration data (empty: every mode does).
+    calibrated_modes: ClassVar[tuple[str, ...]] = ()
 
     @property
     def suffixes(self) -> tuple[str, ...]:
@@ -130,6 +132,15 @@ class Backend(ABC):
             field, _, message = describe_validation_error(exc).partition(": ")
             flag = "--" + field.replace("_", "-")
             raise InvalidInputError(f"{self.name} {flag}: {message}") from None
+
+    def calibrates(self, options: dict[str, Any]) -> bool:
+        """Whether an export with these raw options (flag names as keys) reads calibration."""
+        if not self.uses_calibration:
+            return False
+        field = self.Options.model_fields.get("mode")
+        if not self.calibrated_modes or field is None:
+            return True
+        return options.get("mode", field.default) in self.calibrated_modes
 
     def check(self, job: ExportJob, options: Any) -> None:  # noqa: B027 - optional hook
         """Refuse bad combinations of options before any model is built."""

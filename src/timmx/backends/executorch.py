@@ -82,12 +82,13 @@ class ExecuTorchBackend(Backend):
     Options = ExecuTorchOptions
     runtime_name = "executorch.runtime"
     uses_calibration = True
+    calibrated_modes = ("int8",)
 
     def check(self, job: ExportJob, options: ExecuTorchOptions) -> None:
         require_batch_of_two(job, self.name)
         check_delegate(job, options)
-        check_calibration(job, options.mode, calibrated_modes=("int8",))
-        check_calibration_stats(job, options, calibrated_modes=("int8",))
+        check_calibration(job, options.mode, calibrated_modes=self.calibrated_modes)
+        check_calibration_stats(job, options, calibrated_modes=self.calibrated_modes)
         if not options.per_channel and options.mode == "fp32":
             raise InvalidInputError(
                 "--no-per-channel sets int8 weight scales (--mode int8 or dynamic-int8), "

@@ -74,10 +74,11 @@ class LiteRTBackend(Backend):
     Options = LiteRTOptions
     runtime_name = "ai-edge-litert interpreter"
     uses_calibration = True
+    calibrated_modes = ("int8",)
 
     def check(self, job: ExportJob, options: LiteRTOptions) -> None:
-        check_calibration(job, options.mode, calibrated_modes=("int8",))
-        check_calibration_stats(job, options, calibrated_modes=("int8",))
+        check_calibration(job, options.mode, calibrated_modes=self.calibrated_modes)
+        check_calibration_stats(job, options, calibrated_modes=self.calibrated_modes)
         if not options.per_channel and options.mode not in ("int8", "dynamic-int8"):
             raise InvalidInputError(
                 f"--no-per-channel sets int8 weight scales (--mode int8 or dynamic-int8), "

@@ -75,9 +75,13 @@ def plan_build(spec: BuildFile) -> list[PlannedJob]:
                 f"{place}.overrides.{target_key}",
                 _flags(backend),
             )
-            values = {**defaults, **own, **target_options, **override}
-            if not backend.uses_calibration:  # shared calibration keys go where they apply
-                values = {k: v for k, v in values.items() if k not in CALIBRATION_FLAGS}
+            shared_values = {**defaults, **own}
+            if not backend.calibrates({**shared_values, **target_options, **override}):
+                # shared calibration keys go where they apply: a target's own are checked
+                shared_values = {
+                    k: v for k, v in shared_values.items() if k not in CALIBRATION_FLAGS
+                }
+            values = {**shared_values, **target_options, **override}
             jobs.append(_planned(spec, model.name, model.key, target_key, backend, values, place))
     return jobs
 

@@ -1,0 +1,1 @@
+"""The coreai backend's parts: conversion, reading the saved asset back, its runtime."""
