@@ -49,6 +49,16 @@ def check_calibration(job: ExportJob, mode: str, calibrated_modes: Iterable[str]
         )
 
 
+def check_calibration_rules(
+    job: ExportJob, options: Any, calibrated_modes: tuple[str, ...]
+) -> None:
+    """Both rules of a backend whose `options.mode` may calibrate: calibration data exactly for
+    the calibrated modes, and --mean/--std without --normalize only where an image folder is
+    read."""
+    check_calibration(job, options.mode, calibrated_modes)
+    check_calibration_stats(job, options, calibrated_modes)
+
+
 def check_calibration_stats(
     job: ExportJob, options: Any, calibrated_modes: tuple[str, ...]
 ) -> None:

@@ -19,8 +19,7 @@ from timmx.backends._calibrated import (
     CALIBRATION_MEAN,
     CALIBRATION_STD,
     calibration_batches,
-    check_calibration,
-    check_calibration_stats,
+    check_calibration_rules,
 )
 from timmx.backends._pt2 import batch_dim, pt2e_quantize, require_batch_of_two
 from timmx.backends.base import (
@@ -87,8 +86,7 @@ class ExecuTorchBackend(Backend):
     def check(self, job: ExportJob, options: ExecuTorchOptions) -> None:
         require_batch_of_two(job, self.name)
         check_delegate(job, options)
-        check_calibration(job, options.mode, calibrated_modes=self.calibrated_modes)
-        check_calibration_stats(job, options, calibrated_modes=self.calibrated_modes)
+        check_calibration_rules(job, options, self.calibrated_modes)
         if not options.per_channel and options.mode == "fp32":
             raise InvalidInputError(
                 "--no-per-channel sets int8 weight scales (--mode int8 or dynamic-int8), "

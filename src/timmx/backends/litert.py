@@ -13,8 +13,7 @@ from timmx.backends._calibrated import (
     CALIBRATION_MEAN,
     CALIBRATION_STD,
     calibration_batches,
-    check_calibration,
-    check_calibration_stats,
+    check_calibration_rules,
 )
 from timmx.backends.base import (
     FP32,
@@ -77,8 +76,7 @@ class LiteRTBackend(Backend):
     calibrated_modes = ("int8",)
 
     def check(self, job: ExportJob, options: LiteRTOptions) -> None:
-        check_calibration(job, options.mode, calibrated_modes=self.calibrated_modes)
-        check_calibration_stats(job, options, calibrated_modes=self.calibrated_modes)
+        check_calibration_rules(job, options, self.calibrated_modes)
         if not options.per_channel and options.mode not in ("int8", "dynamic-int8"):
             raise InvalidInputError(
                 f"--no-per-channel sets int8 weight scales (--mode int8 or dynamic-int8), "

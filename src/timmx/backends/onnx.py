@@ -14,8 +14,7 @@ from timmx.backends._calibrated import (
     CALIBRATION_MEAN,
     CALIBRATION_STD,
     calibration_batches,
-    check_calibration,
-    check_calibration_stats,
+    check_calibration_rules,
 )
 from timmx.backends._pt2 import dynamic_batch_shapes
 from timmx.backends.base import (
@@ -98,8 +97,7 @@ class OnnxBackend(Backend):
     calibrated_modes = ("int8",)
 
     def check(self, job: ExportJob, options: OnnxOptions) -> None:
-        check_calibration(job, options.mode, calibrated_modes=self.calibrated_modes)
-        check_calibration_stats(job, options, calibrated_modes=self.calibrated_modes)
+        check_calibration_rules(job, options, self.calibrated_modes)
         if options.fp16_io and options.mode != "fp16":
             raise InvalidInputError(
                 f"--fp16-io needs --mode fp16 (--mode {options.mode} has no float16 inputs): "

@@ -20,8 +20,7 @@ from timmx.backends._calibrated import (
     CALIBRATION_MEAN,
     CALIBRATION_STD,
     calibration_batches,
-    check_calibration,
-    check_calibration_stats,
+    check_calibration_rules,
 )
 from timmx.backends.base import (
     FP32,
@@ -99,10 +98,8 @@ class OpenVINOBackend(Backend):
                     f"{flag} (upstream timmx's flag) means --mode {implied}, which contradicts "
                     f"--mode {options.mode}: give only one"
                 )
-        mode = options.resolved_mode
-        check_calibration(job, mode, calibrated_modes=self.calibrated_modes)
-        resolved = options.model_copy(update={"mode": mode})
-        check_calibration_stats(job, resolved, calibrated_modes=self.calibrated_modes)
+        resolved = options.model_copy(update={"mode": options.resolved_mode})
+        check_calibration_rules(job, resolved, self.calibrated_modes)
 
     def tolerance(self, options: OpenVINOOptions) -> Tolerance:
         return TOLERANCES[options.resolved_mode]
