@@ -6,6 +6,7 @@ import re
 import warnings
 from typing import Any
 
+from timmx.environment import newer_release
 from timmx.errors import ExportFailedError
 
 INPUT, OUTPUT, ENTRYPOINT = "input", "output", "main"
@@ -22,7 +23,7 @@ def import_coreai_torch() -> tuple[Any, str | None]:
         import coreai_torch
     tested = getattr(coreai_torch, "_TORCH_MAX_VERSION", None)
     found = torch.__version__.split("+")[0]
-    if tested is None or _parts(found) <= _parts(tested):
+    if tested is None or not newer_release(found, tested):
         return coreai_torch, None
     return coreai_torch, (
         f"coreai-torch {coreai_torch.__version__} was validated with torch up to {tested}; "
@@ -64,11 +65,3 @@ def convert(coreai_torch: Any, program: Any, model_name: str) -> Any:
             f"lowering for {found[1]}: export it to another format (onnx, coreml, litert)"
         ) from None
     return converter.to_coreai()
-
-
-def _parts(version: str) -> tuple[int, ...]:
-    numbers = []
-    for piece in version.split("+")[0].split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        numbers.append(int(digits or 0))
-    return tuple(numbers)
