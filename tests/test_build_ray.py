@@ -208,13 +208,14 @@ def test_ray_not_installed_says_how_to_install(cli, project, monkeypatch):
     assert_refused(cli("build", "--ray", "127.0.0.1:6379"), "install timmx[ray]")
 
 
-def test_a_task_needs_only_its_payloads(project, make_checkpoint):
+def test_a_task_needs_only_its_payloads(project, make_checkpoint, tmp_path):
     """The task, called here as a node would: an input outside the build folder (an absolute
     path) travels by content under the task's own workspace, and what comes back is every
     file of the artifact, as the result lists it."""
-    from timmx.build.ray_runner import _check_files, _job_for_node, _read_input, run_job
+    from timmx.build.ray_runner import _job_for_node, _read_input, run_job
     from timmx.build.run import load_build
     from timmx.contract import ExportResult
+    from timmx.runners.accept import accept_bytes
 
     outside = make_checkpoint("mobilenetv3_small_100", num_classes=10).resolve()
     text = BUILD.replace('"ckpt/mnv3.pth"', json.dumps(str(outside)))
@@ -243,9 +244,13 @@ def test_a_task_needs_only_its_payloads(project, make_checkpoint):
     }
     answer = run_job(spec, _read_input(outside))
     result = ExportResult.model_validate_json(answer["result"])
-    _check_files(result, answer["files"])
     assert sorted(answer["files"]) == ["mobilenetv3_small_100.onnx"]
     assert not (project / "dist").exists()  # nothing written here: it all came back as bytes
+    # The host accepts the bytes as it would from the cluster: checked, then published.
+    landed = tmp_path / "host" / "mobilenetv3_small_100.onnx"
+    landed.parent.mkdir()
+    accept_bytes(result, planned.job, answer["files"], landed, "fix")
+    assert landed.read_bytes() == answer["files"]["mobilenetv3_small_100.onnx"]
 
     # A node with another torch than this host's (which the cache key holds) refuses the job.
     spec["toolchain"] = re.sub(r"torch=[^,]+", "torch=0.0.1", spec["toolchain"])

@@ -191,21 +191,25 @@ def test_no_reparameterize_keeps_the_branches(cli, workdir, make_checkpoint):
     [("ncnn", "m.ncnn"), ("ncnn", "resnet18_ncnn"), ("coreml", "m.mlpackage")],
 )
 def test_re_export_over_a_folder_artifact(cli, workdir, make_checkpoint, backend, name):
-    """The second export replaces the first whole: its weights, and no file of the first
-    (ncnn's folder under upstream's name too)."""
+    """The second export replaces the first whole (ncnn's folder under upstream's name too);
+    a file the user put into the folder is not timmx's to remove: refused, nothing touched."""
     artifact = workdir / name
     flags = ["--input-size", 3, H, W, *EXACT.get(backend, []), "-o", artifact]
     first = make_checkpoint("resnet18", num_classes=10)
     assert cli("export", backend, "resnet18", "-c", first, "--num-classes", 10, *flags).code == 0
-    (artifact / "stale.txt").write_text("left by the first export")
     second = make_checkpoint("resnet18", num_classes=7)
     result = cli("export", backend, "resnet18", "-c", second, "--num-classes", 7, *flags)
     assert result.code == 0, result.err
-    assert not (artifact / "stale.txt").exists()
     x = torch.randn(1, 3, H, W, generator=torch.Generator().manual_seed(7))
     expected = reference_model("resnet18", second, num_classes=7)(x).detach().numpy()
     assert_matches(_run(backend, artifact, x.numpy()), expected)
     assert_report_lists_the_files(artifact)
+
+    (artifact / "notes.txt").write_text("the user's own")
+    before = {p: p.read_bytes() for p in artifact.rglob("*") if p.is_file()}
+    result = cli("export", backend, "resnet18", "-c", first, "--num-classes", 10, *flags)
+    assert_refused(result, "notes.txt", "timmx did not make")
+    assert {p: p.read_bytes() for p in artifact.rglob("*") if p.is_file()} == before
 
 
 def test_two_concurrent_exports_to_one_folder(workdir, make_checkpoint):

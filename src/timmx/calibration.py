@@ -10,6 +10,7 @@ expects.
 
 from __future__ import annotations
 
+import math
 import pickle
 import warnings
 from collections.abc import Callable
@@ -32,6 +33,9 @@ DEFAULT_RANDOM_STEPS = 16
 # (for random calibration) at least this many fresh draws.
 HELD_OUT_MAX = 64
 HELD_OUT_MIN = 16
+# Calibration samples are held as float32 up to this size, checked before they are made: a tensor
+# saved as a strided or expanded view is a few bytes on disk and may claim terabytes.
+MAX_CALIBRATION_BYTES = 8 * 1024**3
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
 _RANDOM_SEED = 20_240_917  # not a verification seed: calibration and verification differ
 
@@ -84,7 +88,9 @@ def calibration_batches(
             "calibrated on random inputs (--random-calibration): the int8 ranges fit noise, "
             "not your data; not for production, pass --calibration-data"
         )
-        data = random_samples(target, limit or DEFAULT_RANDOM_STEPS * target.batch_size)
+        count = limit or DEFAULT_RANDOM_STEPS * target.batch_size
+        check_room(count, target.size, "--random-calibration")
+        data = random_samples(target, count)
         count = max(HELD_OUT_MIN // target.batch_size, 1) * target.batch_size
         held = random_samples(target, count, seed=_RANDOM_SEED + 1)
         label = f"fresh random draws like the calibration's ({count})"
@@ -153,17 +159,20 @@ def load_samples(
         data = load_image_folder(full, path, data_config, target, cap, warn)
         check_values(data, path, target, warn)
         return data
-    data = load_tensor(full, path, target, warn)
-    check_values(data, path, target, warn)  # all of it: a damaged file is refused as a whole
-    if limit is None and len(data) > cap:
+    data, total = load_tensor(full, path, target, warn, cap)
+    if limit is None and total > cap:
         warn(
-            f"calibrating on the first {cap} of the {len(data)} samples in {path}: "
+            f"calibrating on the first {cap} of the {total} samples in {path}: "
             "set --calibration-samples to use more"
         )
-    return data[:cap]
+    return data
 
 
-def load_tensor(full: Path, path: str, target: Target, warn: Warn) -> torch.Tensor:
+def load_tensor(
+    full: Path, path: str, target: Target, warn: Warn, cap: int
+) -> tuple[torch.Tensor, int]:
+    """The first `cap` samples of a tensor file, checked, as float32 at the export's size; and
+    how many samples the file holds."""
     import torch
 
     expected = target.expected()
@@ -200,8 +209,31 @@ def load_tensor(full: Path, path: str, target: Target, warn: Warn) -> torch.Tens
             f"calibration data {path} has dtype {obj.dtype}: expected {expected} (raw 8-bit "
             "images go in an image folder)"
         )
-    data = obj.detach().to(torch.float32).contiguous()
-    return resized(data, path, target, warn)
+    # A tensor stored whole was paid for by loading it: all of it is checked, so a damaged file
+    # is refused as a whole. A view larger than its storage is checked only where it is used.
+    stored_whole = obj.numel() * obj.element_size() <= obj.untyped_storage().nbytes()
+    if stored_whole:
+        check_values(obj, path, target, warn)
+    used = obj[:cap]  # a view: nothing is copied before the size is known to fit
+    check_room(len(used), tuple(used.shape[1:]), f"calibration data {path}")
+    check_room(len(used), target.size, f"calibration data {path}")  # resized to the export's size
+    data = used.detach().to(torch.float32).contiguous()
+    if not stored_whole:
+        check_values(data, path, target, warn)
+    return resized(data, path, target, warn), len(obj)
+
+
+def check_room(count: int, sample: tuple[int, ...], what: str) -> None:
+    """Refuse `count` samples of shape `sample` that would take more than
+    MAX_CALIBRATION_BYTES as float32, before any of them is made."""
+    need = count * math.prod(sample) * 4
+    if need > MAX_CALIBRATION_BYTES:
+        shape = "x".join(str(n) for n in sample)
+        raise InvalidInputError(
+            f"{what}: {count} samples of {shape} take {need / 1024**3:.1f} GiB "
+            f"as float32, more than the {MAX_CALIBRATION_BYTES // 1024**3} GiB timmx holds: "
+            "use fewer (--calibration-samples) or smaller samples"
+        )
 
 
 def resized(data: torch.Tensor, path: str, target: Target, warn: Warn) -> torch.Tensor:
@@ -294,6 +326,7 @@ def load_image_folder(
                 "set --calibration-samples to use more"
             )
         files = files[:cap]
+    check_room(len(files), target.size, f"calibration folder {path}")
     transform = image_transform(data_config, target)
     samples = []
     for file in files:

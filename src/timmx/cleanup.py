@@ -1,11 +1,13 @@
 """What a killed export leaves behind, and how to tell that its owner is gone.
 
 A process killed with SIGKILL runs no `finally`: its hidden staging folder stays beside the
-destination, and its export container stays in the engine. Each staging folder records its
-owner in `owner.json` (pid, host, boot and the process's start time, so that a reused pid does
-not count as the owner); each export container carries its owner's pid in the `ai.timmx.run`
-label. A leftover is removed only when its owner is provably gone; one from another host, or
-with no readable owner, is kept.
+destination, a build's `.timmx-work-*` exchange folder stays in its output folder, and its export
+containers stay in the engine. Each such folder records its owner in `owner.json` (pid, host,
+boot, pid namespace and the process's start time, so that a reused pid does not count as the
+owner); each export container carries its run's id in the `ai.timmx.run` label and the same
+owner record in `ai.timmx.owner`. A leftover is removed only when its owner is provably gone;
+one from another host or pid namespace (a CLI in a container sharing the host's engine), or with
+no readable owner, is kept.
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ import os
 import shutil
 import socket
 import string
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import suppress
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 OWNER_FILE = "owner.json"
 _KIND = "timmx-staging"
+EXCHANGE_PREFIX = ".timmx-work-"  # a build's exchange folder with its warm containers
+RUN_LABEL = "ai.timmx.run"  # on every export container: the id of the run that made it
+OWNER_LABEL = "ai.timmx.owner"  # and its owner record, as in owner.json
 # tempfile.mkdtemp(prefix=".<artifact name>.") adds 8 of these characters.
 _RANDOM_CHARS = frozenset(string.ascii_lowercase + string.digits + "_")
 _RANDOM_LEN = 8
@@ -42,18 +48,22 @@ class Owner:
     hostname: str
     boot_id: str | None  # /proc/sys/kernel/random/boot_id: pids and start times are per boot
     start: int | None  # clock ticks after boot, /proc/<pid>/stat field 22 (Linux only)
+    pidns: str | None = None  # /proc/self/ns/pid: the pid means a process only in this namespace
 
     @classmethod
     def current(cls) -> Owner:
         pid = os.getpid()
-        return cls(pid, socket.gethostname(), _boot_id(), process_start(pid))
+        return cls(pid, socket.gethostname(), _boot_id(), process_start(pid), _pid_namespace())
 
     def is_gone(self) -> bool | None:
-        """True when this process has ended; None when it ran on another host (unknowable)."""
+        """True when this process has ended; None when that is unknowable from here: it ran on
+        another host, or in another pid namespace (or one its record does not name)."""
         if self.hostname != socket.gethostname():
             return None
         if self.boot_id is not None and self.boot_id != _boot_id():
-            return True  # the host restarted since
+            return True  # the host restarted since: every process of that boot is gone
+        if self.pidns != _pid_namespace():
+            return None  # its pid names another process here, or none
         return not pid_alive(self.pid, self.start)
 
 
@@ -82,14 +92,6 @@ def process_start(pid: int) -> int | None:
     return stat[1] if stat else None
 
 
-def process_start_time(pid: int) -> float | None:
-    """When `pid` started, as a Unix time (Linux only)."""
-    start, boot = process_start(pid), _boot_time()
-    if start is None or boot is None:
-        return None
-    return boot + start / os.sysconf("SC_CLK_TCK")
-
-
 def _stat(pid: int) -> tuple[str, int] | None:
     """(state, start ticks) of /proc/<pid>/stat; the name in parentheses may hold anything."""
     try:
@@ -110,12 +112,11 @@ def _boot_id() -> str | None:
         return None
 
 
-def _boot_time() -> float | None:
-    with suppress(OSError, IndexError, ValueError):
-        for line in Path("/proc/stat").read_text().splitlines():
-            if line.startswith("btime "):
-                return float(line.split()[1])
-    return None
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")  # e.g. "pid:[4026531836]"
+    except OSError:
+        return None
 
 
 # Staging folders
@@ -131,17 +132,29 @@ def write_owner(folder: Path) -> None:
 
 def read_owner(folder: Path) -> Owner | None:
     try:
-        record: Any = json.loads((folder / OWNER_FILE).read_text())
+        return _owner_from(json.loads((folder / OWNER_FILE).read_text()))
+    except (OSError, ValueError):
+        return None  # none yet (its owner is writing it), or not ours
+
+
+def _owner_from(record: Any) -> Owner | None:
+    """The Owner an owner record names; None for anything else."""
+    try:
         if record.pop("kind", None) != _KIND:
             return None
         return Owner(
             pid=int(record["pid"]),
             hostname=str(record["hostname"]),
-            boot_id=record.get("boot_id"),
+            boot_id=_text_or_none(record.get("boot_id")),
             start=None if record.get("start") is None else int(record["start"]),
+            pidns=_text_or_none(record.get("pidns")),
         )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None  # none yet (its owner is writing it), or not ours
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def looks_like_staging(name: str) -> bool:
@@ -150,6 +163,12 @@ def looks_like_staging(name: str) -> bool:
         return False
     head, dot, tail = name[1:].rpartition(".")
     return bool(head) and bool(dot) and len(tail) == _RANDOM_LEN and set(tail) <= _RANDOM_CHARS
+
+
+def looks_like_exchange(name: str) -> bool:
+    """`.timmx-work-<8 random characters>`, as a build's ContainerPool names them."""
+    tail = name.removeprefix(EXCHANGE_PREFIX)
+    return tail != name and len(tail) == _RANDOM_LEN and set(tail) <= _RANDOM_CHARS
 
 
 def is_stale_staging(folder: Path) -> bool:
@@ -179,18 +198,18 @@ def remove_stale_siblings(destination: Path) -> list[Path]:
 
 
 def find_stale_staging(roots: Iterable[Path]) -> Iterator[tuple[Path, Owner]]:
-    """Stale staging folders in `roots` and their subfolders (not into SKIPPED_FOLDERS, nor
-    into symlinks or staging folders)."""
+    """Stale staging and exchange folders in `roots` and their subfolders (not into
+    SKIPPED_FOLDERS, nor into symlinks, staging or exchange folders)."""
     for root in roots:
         for parent, folders, _files in os.walk(root):
             keep = []
             for name in sorted(folders):
                 path = Path(parent, name)
-                if looks_like_staging(name):
+                if looks_like_staging(name) or looks_like_exchange(name):
                     owner = read_owner(path)
                     if owner is not None and owner.is_gone() is True and not path.is_symlink():
                         yield path, owner
-                    continue  # a staging folder's inside is its owner's business
+                    continue  # its inside is its owner's business
                 if name not in SKIPPED_FOLDERS:
                     keep.append(name)
             folders[:] = keep
@@ -209,36 +228,35 @@ def engine_is_local(client: Any) -> bool:
     return host in {"localhost", "127.0.0.1", "[::1]"}
 
 
-def stale_containers(client: Any) -> list[tuple[Any, int]]:
-    """Export containers (any state) whose owner process is gone, with the owner's pid."""
-    from timmx.runners.docker import RUN_LABEL
-
-    stale = []
-    for container in client.containers.list(all=True, filters={"label": RUN_LABEL}):
-        label = container.labels.get(RUN_LABEL, "")
-        if not label.isdigit():
-            continue
-        pid = int(label)
-        if not pid_alive(pid) or _started_after(pid, container):
-            stale.append((container, pid))
-    return stale
+@cache
+def run_id() -> str:
+    """This process's run id: its export containers carry it, and Ctrl-C removes those only."""
+    return uuid.uuid4().hex
 
 
-def _started_after(pid: int, container: Any) -> bool:
-    """The process now holding `pid` started after the container was created: it is not the
-    container's owner but a later process that got the same pid."""
-    started = process_start_time(pid)
-    created = _created(container)
-    return started is not None and created is not None and started > created + 1.0
+def container_labels() -> dict[str, str]:
+    """The labels of an export container this process makes."""
+    owner = json.dumps({"kind": _KIND, **asdict(Owner.current())})
+    return {RUN_LABEL: run_id(), OWNER_LABEL: owner}
 
 
-def _created(container: Any) -> float | None:
-    value = str(container.attrs.get("Created", ""))
-    if not value:
-        return None
-    whole, _, fraction = value.rstrip("Z").partition(".")
+def container_owner(container: Any) -> Owner | None:
+    """The owner an export container's labels record; None when they record none (a container
+    of an older timmx, labelled with its pid alone: that pid may be of another namespace)."""
     try:
-        moment = datetime.fromisoformat(whole + "+00:00")
+        return _owner_from(json.loads(container.labels.get(OWNER_LABEL, "")))
     except ValueError:
         return None
-    return moment.timestamp() + float(f"0.{fraction[:6] or 0}")
+
+
+def stale_containers(client: Any) -> tuple[list[tuple[Any, Owner]], list[Any]]:
+    """Export containers (any state) whose owner is provably gone, with their owner; and those
+    with no owner record, whose owner cannot be known."""
+    stale, unowned = [], []
+    for container in client.containers.list(all=True, filters={"label": RUN_LABEL}):
+        owner = container_owner(container)
+        if owner is None:
+            unowned.append(container)
+        elif owner.is_gone() is True:
+            stale.append((container, owner))
+    return stale, unowned

@@ -39,6 +39,14 @@ class ModelSpec(_Strict):
     seed: int = Field(0, description="Seed for randomly initialised weights (reproducibility).")
 
 
+# Far past any real model, and refused before a tensor of that size is made: a typo of a size
+# should not take the machine's memory down.
+MAX_BATCH_SIZE = 1024
+MAX_CHANNELS = 64
+MAX_SIDE = 8192
+MAX_INPUT_ELEMENTS = 2**30  # batch x C x H x W: 4 GiB of float32
+
+
 class InputSpec(_Strict):
     batch_size: int = Field(1, ge=1)
     size: tuple[int, int, int] | None = Field(
@@ -48,8 +56,27 @@ class InputSpec(_Strict):
 
     @model_validator(mode="after")
     def _positive_size(self) -> InputSpec:
-        if self.size is not None and min(self.size) < 1:
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise ValueError(
+                f"batch size {self.batch_size} is over timmx's limit of {MAX_BATCH_SIZE}: "
+                "export with a smaller --batch-size (or --dynamic-batch)"
+            )
+        if self.size is None:
+            return self
+        if min(self.size) < 1:
             raise ValueError(f"input size must be three positive integers C H W, got {self.size}")
+        c, h, w = self.size
+        if c > MAX_CHANNELS or max(h, w) > MAX_SIDE:
+            raise ValueError(
+                f"input size {c} {h} {w} is over timmx's limits ({MAX_CHANNELS} channels, "
+                f"{MAX_SIDE} pixels a side): pass a smaller --input-size"
+            )
+        if self.batch_size * c * h * w > MAX_INPUT_ELEMENTS:
+            raise ValueError(
+                f"batch size {self.batch_size} x input size {c} {h} {w} is "
+                f"{self.batch_size * c * h * w:,} values, over timmx's limit of "
+                f"{MAX_INPUT_ELEMENTS:,} (4 GiB of float32): lower --batch-size or --input-size"
+            )
         return self
 
 

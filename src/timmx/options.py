@@ -162,7 +162,11 @@ RUN_FLAGS: dict[str, Flag] = {
         str, "8g", "--memory", panel=ISOLATION, help="Container memory limit (--isolated)."
     ),
     "timeout": _flag(
-        int, 1800, "--timeout", panel=ISOLATION, help="Container time limit in seconds."
+        int,
+        1800,
+        "--timeout",
+        panel=ISOLATION,
+        help="Time limit in seconds (--isolated; in a build file, every job's).",
     ),
 }
 

@@ -14,24 +14,30 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from timmx.cleanup import remove_stale_siblings, write_owner
 from timmx.contract import ArtifactFile
 from timmx.errors import InvalidInputError
+from timmx.ownership import check_replaceable
+
+if TYPE_CHECKING:
+    from timmx.backends.base import Backend
 
 
-def check_output(
-    path: Path, suffix: str | tuple[str, ...], backend: str, any_folder_name: bool = False
-) -> None:
-    """Refuse an output path that cannot be written, before any work is done.
-    `any_folder_name`: the artifact is a folder, named as the user likes (ncnn's)."""
-    allowed = (suffix,) if isinstance(suffix, str) else suffix
-    if path.suffix not in allowed and not any_folder_name:
+def check_output(path: Path, backend: Backend) -> None:
+    """Refuse an output path that cannot be written, or whose present content timmx did not
+    make (see timmx.ownership), before any work is done."""
+    allowed = backend.suffixes
+    if path.suffix not in allowed and not backend.any_folder_name:
         ends = " or ".join(allowed)
-        raise InvalidInputError(f"--output {path} must end with {ends} for the {backend} backend")
-    folder = any_folder_name or path.suffix in _FOLDER_SUFFIXES
-    if path.exists() and path.is_dir() != folder:
+        raise InvalidInputError(
+            f"--output {path} must end with {ends} for the {backend.name} backend"
+        )
+    folder = backend.any_folder_name or path.suffix in _FOLDER_SUFFIXES
+    if path.exists() and not path.is_symlink() and path.is_dir() != folder:
         raise InvalidInputError(f"--output {path} exists and is of another kind: remove it first")
+    check_replaceable(path, backend)
     parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +52,12 @@ def check_output(
 
 
 _FOLDER_SUFFIXES = {".mlpackage", ".ncnn", ".aimodel"}
+
+
+def is_folder_artifact(name: str, backend: Backend) -> bool:
+    """Whether `backend`'s artifact named `name` is a folder (every file in it is the
+    artifact's) rather than a file."""
+    return backend.any_folder_name or Path(name).suffix in _FOLDER_SUFFIXES
 
 
 @contextmanager
@@ -63,7 +75,8 @@ def staging_folder(destination: Path) -> Iterator[Path]:
 
 
 def publish(staged: list[Path], staging: Path, destination_dir: Path) -> list[Path]:
-    """Move staged files (or folders) into `destination_dir`, each by an atomic rename."""
+    """Move staged files (or folders) into `destination_dir`, each by an atomic rename. The
+    caller has just proved that what they replace is timmx's (`timmx.ownership`)."""
     placed = []
     for source in staged:
         target = destination_dir / source.relative_to(staging)

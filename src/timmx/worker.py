@@ -110,12 +110,14 @@ def _error_line(message: str, stream=None) -> None:
     print(f"error: {message}", file=stream or sys.stderr, flush=True)
 
 
-def serve(workspace: Path, write_report: bool = True) -> int:
+def serve(workspace: Path, write_report: bool = True, host_paths: bool = False) -> int:
     """A warm worker for `timmx build`: jobs as JSON lines on stdin, one at a time, each answered
         by JSON lines (`progress`, then `result` or `error`; `"ending": true` when the worker ends
     after it) on the original stdout. Anything else
         printed (converters, native libraries) goes to stderr, off the protocol. It ends when stdin
-        does. `write_report=False`: the host writes the reports (a worker in a container)."""
+        does. `write_report=False`: the host writes the reports (a worker in a container).
+    `host_paths`: the jobs come from this host's own timmx (a build's warm worker), so their
+    paths may leave the workspace as the CLI's do (`[build] output = "../dist"`)."""
     import json
 
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
@@ -143,7 +145,8 @@ def serve(workspace: Path, write_report: bool = True) -> int:
             try:
                 job = ExportJob.model_validate(json.loads(line)["job"])
                 current["backend"] = job.backend
-                check_paths_inside(job, path_options=path_options(job.backend))
+                if not host_paths:
+                    check_paths_inside(job, path_options=path_options(job.backend))
                 result = runner.run(job, workspace, lambda m: send({"progress": m}))
                 send({"result": json.loads(result.model_dump_json())})
             except TimmxError as exc:
@@ -168,9 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-report", action="store_true", help="with --serve: the host writes the reports"
     )
+    parser.add_argument(
+        "--host-paths",
+        action="store_true",
+        help="with --serve: jobs from this host's timmx, whose paths may leave the workspace",
+    )
     args = parser.parse_args(argv)
     if args.serve is not None:
-        return serve(args.serve, write_report=not args.no_report)
+        return serve(args.serve, write_report=not args.no_report, host_paths=args.host_paths)
     if args.job is None:
         parser.error("a job file is needed (or --serve WORKSPACE)")
     result_path = args.result or args.job.parent / "out" / "result.json"

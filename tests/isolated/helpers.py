@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,25 +11,42 @@ import time
 from pathlib import Path
 
 RUN_LABEL = "ai.timmx.run"
+OWNER_LABEL = "ai.timmx.owner"
 TIMMX = [sys.executable, "-m", "timmx"]
 
 
 # Processes whose export containers the tests own: this one (in-process CLI) and those spawned.
-# Containers are labelled with their CLI's pid, so a concurrent run elsewhere is never counted.
+# Containers record their CLI's pid in their owner label, so a concurrent run elsewhere is never
+# counted.
 OWNERS: set[int] = {os.getpid()}
+
+
+def owner_pid(labels: dict[str, str]) -> int | None:
+    """The pid of the CLI that made a container with these labels (or event attributes)."""
+    try:
+        return int(json.loads(labels.get(OWNER_LABEL, ""))["pid"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def containers_of(client, pid: int, include_stopped: bool = True) -> list:
+    """The export containers that the CLI with `pid` made (running only, without
+    `include_stopped`)."""
+    found = client.containers.list(all=include_stopped, filters={"label": RUN_LABEL})
+    return [c for c in found if owner_pid(c.labels) == pid]
 
 
 def run_containers(client) -> list:
     """This test session's export containers, running or not."""
     found = client.containers.list(all=True, filters={"label": RUN_LABEL})
-    return [c for c in found if c.labels.get(RUN_LABEL) in {str(p) for p in OWNERS}]
+    return [c for c in found if owner_pid(c.labels) in OWNERS]
 
 
 def wait_for_container(client, proc: subprocess.Popen, timeout_s: float = 120):
     """The export container a running `timmx export --isolated` started."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        found = client.containers.list(filters={"label": f"{RUN_LABEL}={proc.pid}"})
+        found = containers_of(client, proc.pid, include_stopped=False)
         if found:
             return found[0]
         if proc.poll() is not None:

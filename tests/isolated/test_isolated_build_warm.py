@@ -13,7 +13,14 @@ import pytest
 import torch
 
 from tests.conftest import assert_matches, reference_model
-from tests.isolated.helpers import OWNERS, RUN_LABEL, spawn, wait_for_container
+from tests.isolated.helpers import (
+    OWNERS,
+    RUN_LABEL,
+    containers_of,
+    owner_pid,
+    spawn,
+    wait_for_container,
+)
 from tests.report_files import assert_report_lists_the_files
 from tests.test_export_onnx import run_onnx
 
@@ -53,10 +60,10 @@ def _containers_created(client, pid: int, since: int) -> int:
     events = client.api.events(
         since=since,
         until=int(time.time()) + 1,
-        filters={"event": "create", "label": f"{RUN_LABEL}={pid}"},
+        filters={"event": "create", "label": RUN_LABEL},
         decode=True,
     )
-    return sum(1 for _ in events)
+    return sum(1 for event in events if owner_pid(event["Actor"]["Attributes"]) == pid)
 
 
 def test_one_warm_container_per_toolchain_serves_the_jobs(
@@ -110,7 +117,7 @@ def test_ctrl_c_removes_the_warm_containers_and_their_folders(
     OWNERS.add(proc.pid)
     wait_for_container(docker_client, proc)
     deadline = time.monotonic() + 300
-    while not list((project / "dist").glob(".timmx-work-*/*/out/.*")):  # an export under way
+    while not list((project / "dist").glob(".timmx-work-*/work/*/out/.*")):  # an export under way
         if time.monotonic() > deadline or proc.poll() is not None:  # a hang guard
             pytest.fail("no export got under way")
         time.sleep(0.05)
@@ -119,8 +126,7 @@ def test_ctrl_c_removes_the_warm_containers_and_their_folders(
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert _hidden(project) == []
-    left = docker_client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={proc.pid}"})
-    assert left == []
+    assert containers_of(docker_client, proc.pid) == []
 
 
 def test_a_killed_host_leaves_no_container(
@@ -136,8 +142,7 @@ def test_a_killed_host_leaves_no_container(
     proc.kill()
     proc.communicate(timeout=60)
     deadline = time.monotonic() + 300
-    label = f"{RUN_LABEL}={proc.pid}"
-    while docker_client.containers.list(all=True, filters={"label": label}):
+    while containers_of(docker_client, proc.pid):
         if time.monotonic() > deadline:  # a hang guard, not a timing
             pytest.fail("the orphaned container is still there")
         time.sleep(0.5)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.isolated.helpers import (
-    RUN_LABEL,
     TIMMX,
+    containers_of,
     run_containers,
     spawn,
     wait_for_container,
@@ -97,9 +97,8 @@ def test_a_killed_cli_leaves_no_container(tmp_path, docker_client, images, no_le
     wait_for_container(docker_client, proc)
     proc.kill()
     proc.communicate(timeout=60)
-    label = f"{RUN_LABEL}={proc.pid}"
     deadline = time.monotonic() + 300
-    while docker_client.containers.list(all=True, filters={"label": label}):
+    while containers_of(docker_client, proc.pid):
         if time.monotonic() > deadline:  # a hang guard, not a timing
             pytest.fail("the orphaned container is still there")
         time.sleep(0.5)

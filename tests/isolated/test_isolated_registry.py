@@ -23,8 +23,9 @@ import pytest
 import torch
 
 from tests.conftest import assert_matches, reference_model
-from tests.isolated.helpers import TIMMX
+from tests.isolated.helpers import RUN_LABEL, TIMMX, owner_pid, spawn
 from tests.test_export_onnx import run_onnx
+from tests.test_image_trust import locked_project
 
 pytestmark = pytest.mark.isolated
 
@@ -73,12 +74,17 @@ def registry(tmp_path) -> Iterator[str]:
 
 @pytest.fixture
 def small_image(docker_client) -> Iterator[str]:
-    """An image of its own (the base image plus a label): no layer to upload but the base's."""
+    """An image of its own (the base image plus labels: a timmx image of a `base` toolchain, as
+    `--locked` runs only timmx images): no layer to upload but the base's."""
     import io
+
+    from timmx import __version__
 
     tag = f"timmx-test-small:{uuid.uuid4().hex[:8]}"
     base = os.environ.get("TIMMX_BASE_IMAGE", "timmx-base:bookworm")
-    dockerfile = f"FROM {base}\nLABEL ai.timmx.test={tag}\n".encode()
+    labels = f"ai.timmx.test={tag} ai.timmx.toolchain=base"
+    labels += f' org.opencontainers.image.version="{__version__}"'
+    dockerfile = f"FROM {base}\nLABEL {labels}\n".encode()
     image, _ = docker_client.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True)
     try:
         yield tag
@@ -104,7 +110,7 @@ def _timmx(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Complet
 
 
 def test_push_then_pull_by_digest(tmp_path, docker_client, registry, small_image):
-    from timmx.images.registry import DigestLookup, pin_image
+    from timmx.images.registry import DigestLookup, Pin, pin_image
 
     env = {**os.environ, "TIMMX_BASE_IMAGE": small_image}
     done = _timmx("images", "push", "base", "--registry", f"{registry}/team", cwd=tmp_path, env=env)
@@ -120,20 +126,23 @@ def test_push_then_pull_by_digest(tmp_path, docker_client, registry, small_image
     for ref in docker_client.images.get(image_id).tags:
         docker_client.images.remove(ref)
     assert not _has(docker_client, image_id)
-    found = pin_image(docker_client, image_id, digest)
+    pin = Pin(image_id, digest, "base")
+    found = pin_image(docker_client, pin, f"{registry}/team")
     assert found.how == "pulled" and found.id == image_id
-    assert pin_image(docker_client, image_id, digest).how == "present"
+    assert pin_image(docker_client, pin, f"{registry}/team").how == "present"
 
 
 def test_a_digest_of_another_image_is_refused(docker_client, registry, small_image):
     from timmx.errors import DockerError
-    from timmx.images.registry import pin_image, push_image
+    from timmx.images.registry import Pin, pin_image, push_image
 
-    digest = push_image(docker_client, small_image, f"{registry}/team")
+    team = f"{registry}/team"
+    digest = push_image(docker_client, small_image, team)
     with pytest.raises(DockerError, match="the manifest and the registry disagree"):
-        pin_image(docker_client, "sha256:" + "0" * 64, digest)
+        pin_image(docker_client, Pin("sha256:" + "0" * 64, digest, "base"), team)
+    missing = Pin("sha256:" + "0" * 64, f"{team}/none@sha256:" + "1" * 64, "base")
     with pytest.raises(DockerError, match="cannot pull the recorded image"):
-        pin_image(docker_client, "sha256:" + "0" * 64, f"{registry}/team/none@sha256:" + "1" * 64)
+        pin_image(docker_client, missing, team)
 
 
 BUILD = """[defaults]
@@ -189,3 +198,41 @@ def test_locked_build_runs_in_the_recorded_image(
     assert done.returncode == 2 and "records no image for resnet18/onnx" in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, done.stderr
+
+
+def _locked_build_refused(docker_client, project: Path, env: dict, *needles: str) -> None:
+    """`timmx build --locked` exits 2 with one line naming `needles`, and starts no container."""
+    since = int(time.time()) - 1
+    proc = spawn(["build", "--locked"], project, env=env)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert all(needle in errors[0] for needle in needles), errors[0]
+    events = docker_client.api.events(
+        since=since,
+        until=int(time.time()) + 1,
+        filters={"event": "create", "label": RUN_LABEL},
+        decode=True,
+    )
+    assert [e for e in events if owner_pid(e["Actor"]["Attributes"]) == proc.pid] == []
+    assert not (project / "dist/resnet18").exists()
+
+
+def test_locked_build_runs_no_foreign_image(tmp_path, docker_client, small_image):
+    """A pull request that edits the manifest to name another image (to run it with the
+    network and HF_TOKEN for a pretrained job): refused before any container starts."""
+    env = {**os.environ, "HF_TOKEN": "hf_secret", "TIMMX_REGISTRY": "registry.example.com/team"}
+    base = os.environ.get("TIMMX_BASE_IMAGE", "timmx-base:bookworm")
+    locked_project(tmp_path, docker_client.images.get(base).id)  # no toolchain label
+    _locked_build_refused(docker_client, tmp_path, env, "not a timmx toolchain image")
+
+    locked_project(tmp_path, docker_client.images.get(small_image).id)  # a timmx image, not onnx's
+    _locked_build_refused(docker_client, tmp_path, env, "not the onnx toolchain's")
+
+    # an image of another registry, by digest: never pulled
+    elsewhere = "ghcr.io/someone/timmx-onnx@sha256:" + "1" * 64
+    locked_project(tmp_path, "sha256:" + "0" * 64, elsewhere)
+    _locked_build_refused(docker_client, tmp_path, env, "not in the configured registry")
+    del env["TIMMX_REGISTRY"]
+    _locked_build_refused(docker_client, tmp_path, env, "no registry is configured")

@@ -18,8 +18,9 @@ from timmx.images.base import debian_mirror
 from timmx.images.identity import BuildSettings, identify
 from timmx.images.recipes import all_recipes, get_recipe, load_recipe
 from timmx.images.source import source_hash, write_wheel
+from timmx.runners.accept import accept_folder
 from timmx.runners.container_job import stage_job
-from timmx.runners.container_result import read_result, staged_artifacts
+from timmx.runners.container_result import read_result
 from timmx.runners.docker import DockerRunner
 
 REPO = Path(__file__).resolve().parents[2]
@@ -166,16 +167,20 @@ def test_result_of_another_schema_version_names_both(tmp_path: Path):
 
 
 def test_artifacts_must_stay_in_the_output_folder(tmp_path: Path):
-    from timmx.contract import ArtifactFile, ExportResult
+    from timmx.contract import ArtifactFile, ExportResult, Verification
 
     out = tmp_path / "out"
     out.mkdir()
     (tmp_path / "secret").write_text("x")
     result = ExportResult(
-        status="success", artifacts=[ArtifactFile(path="../secret", bytes=1, sha256="0")]
+        status="success",
+        artifacts=[ArtifactFile(path="../secret", bytes=1, sha256="0")],
+        verification=Verification(status="passed"),
     )
-    with pytest.raises(ContractError, match="not in its output folder"):
-        staged_artifacts(result, out)
+    job = ExportJob(backend="onnx", model=ModelSpec(name="resnet18"), output="pub/secret")
+    with pytest.raises(ContractError, match="not a plain path in its output folder"):
+        accept_folder(result, job, out, tmp_path / "pub" / "secret", "fix")
+    assert not (tmp_path / "pub").exists()
 
 
 def test_unreachable_engine_is_one_line(tmp_path: Path):
@@ -221,7 +226,7 @@ def test_unchosen_settings_follow_the_last_build(monkeypatch):
 
 def test_an_artifact_that_differs_from_the_workers_record_is_refused(tmp_path: Path):
     """The worker says what it wrote; the host believes the files only when they agree."""
-    from timmx.contract import ExportResult
+    from timmx.contract import ExportResult, Verification
     from timmx.output import describe_files
 
     out = tmp_path / "out"
@@ -229,9 +234,17 @@ def test_an_artifact_that_differs_from_the_workers_record_is_refused(tmp_path: P
     (out / "m.ncnn" / "m.param").write_text("param")
     (out / "m.ncnn" / "m.bin").write_bytes(b"weights")
     honest = describe_files([out / "m.ncnn"], out)
-    assert staged_artifacts(ExportResult(status="success", artifacts=honest), out) == [
-        out / "m.ncnn"
-    ]
+    job = ExportJob(backend="ncnn", model=ModelSpec(name="resnet18"), output="pub/m.ncnn")
+    published = tmp_path / "pub" / "m.ncnn"
+    published.parent.mkdir()
+
+    def accept(result: ExportResult) -> None:
+        result.verification = Verification(status="passed")
+        accept_folder(result, job, out, published, "fix")
+
+    accept(ExportResult(status="success", artifacts=honest))
+    assert sorted(p.name for p in published.iterdir()) == ["m.bin", "m.param"]
+    shutil.rmtree(published)
     for changed in (
         {"sha256": "0" * 64},
         {"bytes": honest[0].bytes + 1},
@@ -239,9 +252,10 @@ def test_an_artifact_that_differs_from_the_workers_record_is_refused(tmp_path: P
         record = [honest[0].model_copy(update=changed), *honest[1:]]
         result = ExportResult(status="success", artifacts=record)
         with pytest.raises(ContractError, match="differs from the worker's record"):
-            staged_artifacts(result, out)
+            accept(result)
     # a member the worker did not name is not published unrecorded
     (out / "m.ncnn" / "extra.txt").write_text("x")
     result = ExportResult(status="success", artifacts=honest)
     with pytest.raises(ContractError, match=r"extra\.txt"):
-        staged_artifacts(result, out)
+        accept(result)
+    assert not published.exists()

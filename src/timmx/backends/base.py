@@ -115,6 +115,17 @@ class Backend(ABC):
     # The values of the options' `mode` that read calibration data (empty: every mode does).
     calibrated_modes: ClassVar[tuple[str, ...]] = ()
 
+    def side_files(self, artifact_name: str) -> tuple[str, ...]:
+        """Names of the files an export may write beside the artifact `artifact_name` (in the
+        same folder): only these, and the artifact itself, are ever published."""
+        return ()
+
+    def owns_existing(self, path: Path) -> bool:
+        """Whether what is at `path` (no report beside it) is by its content alone an artifact
+        of this backend, so that an export may replace it: a file with the artifact's extension
+        is; a folder is only where the backend knows its layout (see timmx.ownership)."""
+        return path.is_file()
+
     @property
     def suffixes(self) -> tuple[str, ...]:
         """Every extension the artifact may have; `suffix` (the default) first."""
@@ -178,6 +189,12 @@ class Backend(ABC):
     def load_runtime(self, artifact: Path, options: Any) -> Runtime | None:
         """Load the artifact in its own runtime; None where no runtime runs on this platform."""
         return None
+
+    def may_lack_runtime(self, options: Any) -> bool:
+        """Whether `load_runtime` may return None for these options on some platform. Only then
+        is a verification `skipped` (the job did not ask for --no-verify) an honest outcome,
+        which a host publishes from a container or a Ray node (see timmx.runners.accept)."""
+        return False
 
     def inspect_artifact(self, artifact: Path, options: Any) -> dict[str, Any]:
         """Facts about the artifact for the report (ops, IO, compression); a `note` key, if

@@ -128,6 +128,13 @@ class CoremlBackend(Backend):
     def runtime_name(self) -> str:  # type: ignore[override]
         return "Core ML (MLModel.predict)" if _on_core_ml() else "timmx.mil_reference (numpy)"
 
+    def owns_existing(self, path: Path) -> bool:
+        """A .mlmodel file, or an .mlpackage folder: Manifest.json and its Data/ tree alone."""
+        if not path.is_dir():
+            return path.is_file()
+        names = {p.name for p in path.iterdir()}
+        return "Manifest.json" in names and names <= {"Manifest.json", "Data"}
+
     def default_suffix(self, options: CoremlOptions) -> str:
         return ".mlpackage" if options.convert_to == "mlprogram" else ".mlmodel"
 
@@ -202,6 +209,11 @@ class CoremlBackend(Backend):
         mlmodel.save(str(ctx.artifact))
         check_saved(ctx.artifact, plan)
         return [ctx.artifact]
+
+    def may_lack_runtime(self, options: CoremlOptions) -> bool:
+        # Off macOS: no runtime for a neuralnetwork model, and an ML program runs only where
+        # timmx's MIL evaluator knows every op.
+        return True
 
     def load_runtime(self, artifact: Path, options: CoremlOptions) -> Runtime | None:
         from timmx.backends._coreml import runtime

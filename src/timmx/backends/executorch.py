@@ -128,6 +128,9 @@ class ExecuTorchBackend(Backend):
         ctx.artifact.write_bytes(buffer)
         return [ctx.artifact]
 
+    def may_lack_runtime(self, options: ExecuTorchOptions) -> bool:
+        return options.delegate in APPLE_ONLY
+
     def load_runtime(self, artifact: Path, options: ExecuTorchOptions) -> Runtime | None:
         if options.delegate in APPLE_ONLY:
             return None

@@ -50,6 +50,19 @@ class NcnnBackend(Backend):
     Options = NcnnOptions
     runtime_name = "ncnn"
 
+    def owns_existing(self, path: Path) -> bool:
+        """A folder holding its .param and .bin (and upstream's loader), nothing else."""
+        if not path.is_dir() or path.is_symlink():
+            return False
+        param, weights = files_of(path)
+        made = {param.name, weights.name} | ({LOADER} if path.suffix != ".ncnn" else set())
+        present = {p.name for p in path.iterdir()}
+        return (
+            param.name in present
+            and present <= made
+            and all((path / name).is_file() and not (path / name).is_symlink() for name in present)
+        )
+
     def default_suffix(self, options: NcnnOptions) -> str:
         return "_ncnn"  # resnet18_ncnn/, as upstream timmx names it
 

@@ -96,6 +96,9 @@ class OnnxBackend(Backend):
     uses_calibration = True
     calibrated_modes = ("int8",)
 
+    def side_files(self, artifact_name: str) -> tuple[str, ...]:
+        return (artifact_name + ".data",)  # external weights (--external-data, over 2 GB)
+
     def check(self, job: ExportJob, options: OnnxOptions) -> None:
         check_calibration_rules(job, options, self.calibrated_modes)
         if options.fp16_io and options.mode != "fp16":

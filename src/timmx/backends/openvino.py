@@ -89,6 +89,17 @@ class OpenVINOBackend(Backend):
     uses_calibration = True
     calibrated_modes = ("int8",)
 
+    def owns_existing(self, path: Path) -> bool:
+        """An IR's .xml (its root element is `<net>`), not any XML file such as a pom.xml."""
+        if not path.is_file():
+            return False
+        with path.open("rb") as handle:
+            head = handle.read(4096)
+        return b"<net " in head or b"<net>" in head
+
+    def side_files(self, artifact_name: str) -> tuple[str, ...]:
+        return (Path(artifact_name).stem + ".bin",)  # NAME.xml's weights: NAME.bin
+
     def check(self, job: ExportJob, options: OpenVINOOptions) -> None:
         if options.fp16 is not None and options.mode is not None:
             implied = "fp16" if options.fp16 else "fp32"

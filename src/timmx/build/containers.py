@@ -11,6 +11,7 @@ from pathlib import Path
 
 from timmx.build.cache import input_paths
 from timmx.build.plan import PlannedJob
+from timmx.cleanup import EXCHANGE_PREFIX, write_owner
 from timmx.contract import ExportResult
 from timmx.images.registry import Pin
 from timmx.runners.base import Progress
@@ -71,7 +72,7 @@ class ContainerPool:
         if self._client is None:
             self._client = connect("or set isolated = false to export in this process")
         if pin is not None:
-            image = pin_image(self._client, pin.image_id, pin.digest, progress)
+            image = pin_image(self._client, pin, BuildSettings.resolve().registry, progress)
         else:
             image = ensure_image(
                 self._client,
@@ -81,9 +82,7 @@ class ContainerPool:
                 notice=progress,
                 on_line=steps_only(progress),
             )
-        self.scratch.mkdir(parents=True, exist_ok=True)
-        exchange = Path(tempfile.mkdtemp(prefix=".timmx-work-", dir=self.scratch))
-        self._exchanges.append(exchange)
+        exchange = self._exchange_folder()
         return WarmContainer(
             self._client,
             image,
@@ -95,6 +94,17 @@ class ContainerPool:
             pids_limit=int(os.environ.get("TIMMX_PIDS_LIMIT", "1024")),
             pretrained=self.pretrained,
         )
+
+    def _exchange_folder(self) -> Path:
+        """A folder in the build's output for a container's jobs. Its owner record lies beside
+        the part the container sees, out of the container's reach (`timmx clean` trusts it)."""
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=EXCHANGE_PREFIX, dir=self.scratch))
+        self._exchanges.append(folder)
+        write_owner(folder)
+        exchange = folder / "work"
+        exchange.mkdir(mode=0o700)
+        return exchange
 
     def close(self) -> None:
         for container in self._containers.values():

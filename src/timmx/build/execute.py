@@ -26,9 +26,11 @@ from pathlib import Path
 
 from timmx.build.containers import ContainerPool
 from timmx.build.plan import PlannedJob
+from timmx.cleanup import remove_stale_siblings
 from timmx.contract import ExportResult
 from timmx.errors import ExportFailedError, TimmxError, error_from_kind, first_line
 from timmx.images.registry import Pin
+from timmx.time_limit import timed_out_message
 
 Progress = Callable[[str], None]
 
@@ -42,14 +44,18 @@ class Outcome:
 
 
 class WarmWorker:
-    """One `timmx.worker --serve` process: jobs in on stdin, answers out on stdout."""
+    """One `timmx.worker --serve` process: jobs in on stdin, answers out on stdout. A job that
+    runs past its `timeout_s` is stopped by killing the process; a worker that died (killed,
+    out of memory, timed out) fails only the job it ran, and the slot starts another."""
 
     def __init__(self, workspace: Path) -> None:
+        self.workspace = workspace
+        self._timed_out = threading.Event()
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the worker
             prefix="timmx-worker-", suffix=".log", delete=False
         )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "timmx.worker", "--serve", str(workspace)],
+            [sys.executable, "-m", "timmx.worker", "--serve", str(workspace), "--host-paths"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.log,
@@ -58,14 +64,29 @@ class WarmWorker:
             start_new_session=True,  # Ctrl-C reaches it through us, in order
         )
 
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
     def run(self, planned: PlannedJob, progress: Progress) -> ExportResult:
+        # Kept here, not by the worker's own watchdog: a job stuck in native code holding the
+        # GIL would never let a timer thread of the worker run.
+        timer = threading.Timer(planned.timeout_s, self._kill_for_time)
+        timer.daemon = True
+        timer.start()
+        try:
+            return self._exchange(planned, progress)
+        finally:
+            timer.cancel()
+
+    def _exchange(self, planned: PlannedJob, progress: Progress) -> ExportResult:
         assert self.process.stdin is not None and self.process.stdout is not None
         try:
             self.process.stdin.write(json.dumps({"job": planned.job.model_dump(mode="json")}))
             self.process.stdin.write("\n")
             self.process.stdin.flush()
-        except BrokenPipeError:
-            raise ExportFailedError(self._died()) from None
+        except OSError:  # it died: what it says on the way out is read below
+            pass
         for line in self.process.stdout:
             message = json.loads(line)
             if "progress" in message:
@@ -75,12 +96,24 @@ class WarmWorker:
             else:
                 error = message["error"]
                 raise error_from_kind(error["kind"], error["message"])
-        raise ExportFailedError(self._died())
+        raise self._died(planned)
 
-    def _died(self) -> str:
+    def _kill_for_time(self) -> None:
+        self._timed_out.set()
+        with contextlib.suppress(OSError):  # the group: converters' subprocesses too
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+    def _died(self, planned: PlannedJob) -> ExportFailedError:
         code = self.process.wait()
+        # A killed worker ran no `finally`: its staging folder beside the artifact stays.
+        remove_stale_siblings(self.workspace / planned.job.output)
+        if self._timed_out.is_set():
+            return ExportFailedError(timed_out_message(planned.job.backend, planned.timeout_s))
         tail = Path(self.log.name).read_text(errors="replace").strip().splitlines()[-3:]
-        return f"the worker process ended (exit code {code}): {' | '.join(tail) or 'no output'}"
+        how = f"was killed (signal {-code})" if code < 0 else f"ended (exit code {code})"
+        return ExportFailedError(
+            f"the worker process {how} during this job: {' | '.join(tail) or 'no output'}"
+        )
 
     def interrupt(self) -> None:
         if self.process.poll() is None:
@@ -161,7 +194,9 @@ class Executor:
                     except queue.Empty:
                         return
                     on_start(planned)
-                    if not planned.isolated and worker is None:
+                    if not planned.isolated and (worker is None or not worker.alive):
+                        if worker is not None:  # it died (killed, timed out): a fresh one
+                            self._retire(worker)
                         worker = self._start_worker()
                     outcome = self._run_one(planned, worker, containers, on_progress)
                     with self._lock:
@@ -196,6 +231,11 @@ class Executor:
             self._workers.append(worker)
         return worker
 
+    def _retire(self, worker: WarmWorker) -> None:
+        with self._lock:
+            self._workers.remove(worker)
+        worker.close()
+
     def _run_one(self, planned, worker, containers, on_progress) -> Outcome:
         started = time.perf_counter()
         outcome = Outcome(planned)
@@ -225,7 +265,9 @@ class Executor:
 
 
 def _remove_containers() -> None:
-    from timmx.runners.docker import RUN_LABEL
+    """This run's export containers, by its run id: never another run's that has our pid in
+    another pid namespace."""
+    from timmx.cleanup import RUN_LABEL, run_id
 
     try:
         from timmx.images.engine import connect
@@ -235,7 +277,7 @@ def _remove_containers() -> None:
         return  # no engine: no container of ours either
     try:
         for container in client.containers.list(
-            all=True, filters={"label": f"{RUN_LABEL}={os.getpid()}"}
+            all=True, filters={"label": f"{RUN_LABEL}={run_id()}"}
         ):
             container.remove(force=True)
     except Exception:  # the engine went away meanwhile: nothing more to do

@@ -7,7 +7,9 @@ altered or unverified: the CI gate.
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
+import os
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -82,19 +84,64 @@ def record(
 Status = Literal["fresh", "stale", "missing", "altered", "unverified", "new"]
 
 
-def status_of(entry: JobRecord | None, key: str, root: Path) -> Status:
-    """Whether a job's recorded artifact is still what a build would make now."""
+def status_of(entry: JobRecord | None, key: str, root: Path, backend: str, artifact: str) -> Status:
+    """Whether a job's recorded artifact is still what a build would make now: the gate trusts
+    neither the files nor the manifest. The planned artifact must be on record, as this
+    backend's, with every recorded file in place and unchanged; a folder artifact must hold
+    exactly the recorded files (an extra one is `altered`: a loader would import it), and the
+    report beside the artifact must list the same files."""
     if entry is None:
         return "new"
-    if entry.key != key:
+    if entry.key != key or entry.backend != backend or entry.artifact != artifact:
         return "stale"
-    folder = (root / entry.artifact).parent
+    name = PurePosixPath(artifact).name
+    recorded = {file.path: file for file in entry.artifacts}
+    members = {path for path in recorded if path.startswith(name + "/")}
+    if name not in recorded and not members:
+        return "missing"  # an emptied or foreign file list: nothing vouches for the artifact
+    folder = (root / artifact).parent
     for file in entry.artifacts:
         path = folder / file.path
+        if not _plain(file.path) or path.is_symlink():
+            return "altered"
         if not path.is_file():
             return "missing"
         if path.stat().st_size != file.bytes or sha256(path) != file.sha256:
             return "altered"
+    if members and _files_under(folder, name) != members:
+        return "altered"
+    if not _report_agrees(folder / f"{name}.json", backend, entry):
+        return "missing" if not (folder / f"{name}.json").is_file() else "altered"
     if entry.verification not in ("passed",):
         return "unverified"
     return "fresh"
+
+
+def _plain(relative: str) -> bool:
+    """A recorded path that stays inside the artifact's folder."""
+    parts = PurePosixPath(relative).parts
+    return bool(parts) and not PurePosixPath(relative).is_absolute() and ".." not in parts
+
+
+def _files_under(folder: Path, name: str) -> set[str]:
+    """Every entry below a folder artifact that is not a folder (links included)."""
+    found = set()
+    for parent, folders, files in os.walk(folder / name):
+        links = [f for f in folders if Path(parent, f).is_symlink()]
+        for entry in [*files, *links]:
+            found.add(Path(parent, entry).relative_to(folder).as_posix())
+    return found
+
+
+def _report_agrees(report: Path, backend: str, entry: JobRecord) -> bool:
+    """The report beside the artifact tells the same as the manifest: backend, files and the
+    verification's outcome."""
+    recorded = {file.path: file for file in entry.artifacts}
+    try:
+        data = json.loads(report.read_text(encoding="utf-8"))
+        files = {entry["path"]: ArtifactFile.model_validate(entry) for entry in data["artifacts"]}
+        status = (data.get("verification") or {}).get("status", "skipped")
+        same = data["job"]["backend"] == backend and files == recorded
+        return same and status == entry.verification
+    except (OSError, ValueError, KeyError, TypeError):
+        return False

@@ -7,6 +7,7 @@ jobs' workspace; each artifact lands at `<output>/<model>/<target>/<model><suffi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ from timmx.errors import InvalidInputError, TimmxError
 
 # Set by the plan, never by the file.
 _COMPUTED = {"output"}
+# A model's id and a target's name become folders under the output: plain names only, so no
+# job writes outside its own folder and no two jobs share one (`a/b` x `c` against `a` x `b/c`).
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ def plan_build(spec: BuildFile) -> list[PlannedJob]:
     targets = {}
     for i, target in enumerate(spec.targets):
         place = f"targets[{i}] ({target.key})"
+        _check_plain(target.key, place, "name" if target.name else "backend")
         if target.key in targets:
             raise InvalidInputError(
                 f"{place}: two targets are named '{target.key}': give each a `name`"
@@ -58,6 +63,7 @@ def plan_build(spec: BuildFile) -> list[PlannedJob]:
     seen: set[str] = set()
     for i, model in enumerate(spec.models):
         place = f"models[{i}] ({model.key})"
+        _check_plain(model.key, place, "id")
         if model.key in seen:
             raise InvalidInputError(f"{place}: two models have the id '{model.key}': set `id`")
         seen.add(model.key)
@@ -84,6 +90,14 @@ def plan_build(spec: BuildFile) -> list[PlannedJob]:
             values = {**shared_values, **target_options, **override}
             jobs.append(_planned(spec, model.name, model.key, target_key, backend, values, place))
     return jobs
+
+
+def _check_plain(name: str, place: str, key: str) -> None:
+    if not _PLAIN_NAME.fullmatch(name):
+        raise InvalidInputError(
+            f"{place}: {key} {name!r} is a folder of the output, so it must be a plain name "
+            "(letters, digits, '.', '_', '-'; no '/', '..' or leading '.'): rename it"
+        )
 
 
 def _flags(backend) -> set[str]:
@@ -133,7 +147,7 @@ def _planned(
             job=job,
             isolated=_typed(full["isolated"], bool, "isolated"),
             memory=str(full["memory"]),
-            timeout_s=_typed(full["timeout"], int, "timeout"),
+            timeout_s=_seconds(full["timeout"]),
             build=_typed(full["build"], bool, "build"),
         )
     except TimmxError as exc:
@@ -144,3 +158,11 @@ def _typed(value: Any, kind: type, key: str) -> Any:
     if type(value) is not kind:
         raise InvalidInputError(f"'{key}' must be a {kind.__name__}, got {value!r}")
     return value
+
+
+def _seconds(value: Any) -> int:
+    """A job's `timeout`: every runner keeps it, in-process ones included."""
+    seconds = _typed(value, int, "timeout")
+    if seconds < 1:
+        raise InvalidInputError(f"'timeout' must be at least 1 second, got {seconds}")
+    return seconds

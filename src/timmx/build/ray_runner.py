@@ -21,7 +21,7 @@ import socket
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -36,10 +36,14 @@ from timmx.errors import (
     error_from_kind,
     first_line,
 )
+from timmx.time_limit import timed_out_message
 
 CONNECT_TIMEOUT_S = 5
 DEFAULT_MEMORY = 4 * 1024**3  # an in-process job whose build file sets no `memory`
 MAX_RETRIES = 3  # runs of a task after its worker or node died
+_STARTED = "started"  # a task's first answer: its time limit counts from then, not its queueing
+# What to do about a task whose answer is refused (see timmx.runners.accept).
+_SAME = "install the same timmx on every Ray node and run it again"
 
 Payload = bytes | dict[str, bytes] | None  # a file, a folder's files, or nothing there
 
@@ -134,13 +138,14 @@ class _RayBuild:
         self.workspace = workspace
         self.slots = max(1, slots)
         self.keep_going = keep_going
-        self.task = ray.remote(run_job)
+        self.task = ray.remote(run_job_reporting_start)
         self.inputs: dict[str, Any] = {}  # host path -> ObjectRef, each input put once
         self.largest = _largest_node(ray)
 
     def run(self, jobs, on_start, on_progress, on_done) -> list[Outcome]:
         pending = deque(jobs)
-        running: dict[Any, tuple[PlannedJob, float]] = {}
+        running: dict[Any, tuple[PlannedJob, float]] = {}  # task -> (job, when submitted)
+        began: dict[Any, float] = {}  # task -> when it started running on its node
         outcomes: list[Outcome] = []
         stop = False
 
@@ -172,13 +177,31 @@ class _RayBuild:
                 if not running:
                     continue
                 ready, _ = self.ray.wait(list(running), num_returns=1, timeout=0.5)
-                for ref in ready:
-                    planned, started = running.pop(ref)
+                for task in ready:
+                    ref = next(task, None)
+                    if task not in began and ref is not None and self._says_started(ref):
+                        began[task] = time.perf_counter()
+                        on_progress(running[task][0], "running on the Ray cluster")
+                        continue
+                    planned, started = running.pop(task)
+                    began.pop(task, None)
                     outcome = self._collect(planned, ref, started)
                     if outcome is None:
                         on_progress(planned, "not run (--fail-fast)")
                     else:
                         finish(outcome)
+                now = time.perf_counter()
+                for task, since in list(began.items()):
+                    planned, started = running[task]
+                    # An isolated job's container keeps the limit on its node.
+                    if planned.isolated or now - since <= planned.timeout_s:
+                        continue
+                    del running[task], began[task]
+                    self._stop(task)
+                    message = timed_out_message(planned.job.backend, planned.timeout_s)
+                    finish(
+                        Outcome(planned, error=ExportFailedError(message), seconds=now - started)
+                    )
         except KeyboardInterrupt:
             # The tasks end by KeyboardInterrupt too, so each removes its node's workspace;
             # no staging folder is open on this host between two answers.
@@ -249,11 +272,27 @@ class _RayBuild:
             f"{planned.id} in the build file, or add bigger nodes"
         )
 
+    def _says_started(self, ref) -> bool:
+        try:
+            return self.ray.get(ref) == _STARTED
+        except Exception:  # it failed before it started: _collect says why
+            return False
+
+    def _stop(self, task) -> None:
+        """Stop a task past its time limit by killing its worker process. Not by an interrupt:
+        that does not land in native code, and one that lands inside an import leaves a
+        half-imported torch in a worker that Ray then reuses for the next task. Its workspace
+        stays in the node's temporary folder."""
+        with contextlib.suppress(Exception):  # it ended meanwhile
+            self.ray.cancel(task, force=True)
+
     def _collect(self, planned: PlannedJob, ref, started: float) -> Outcome | None:
         """The job's outcome, its files published; None for a task cancelled before it
         finished."""
         outcome = Outcome(planned)
         try:
+            if ref is None:
+                raise ExportFailedError("the Ray task ended without an answer: run it again")
             answer = self._get(ref)
             if answer is None:
                 return None
@@ -298,29 +337,19 @@ class _RayBuild:
             ) from None
 
     def _publish(self, planned: PlannedJob, answer: dict[str, Any], seconds: float):
-        from timmx.output import publish, staging_folder
+        from timmx.runners.accept import accept_bytes
         from timmx.runners.base import save_report
 
         try:
             result = ExportResult.model_validate_json(answer["result"])
         except ValueError as exc:
             raise ContractError(f"the Ray task's result is not valid: {first_line(exc)}") from None
-        files: dict[str, bytes] = answer["files"]
-        _check_files(result, files)
-        result.job = planned.job  # its paths as the build file wrote them
-        result.timings["ray_s"] = round(seconds, 3)
         destination = self.workspace / planned.job.output
         try:
             destination.parent.mkdir(parents=True, exist_ok=True)
-            with staging_folder(destination) as staging:
-                tops: dict[str, Path] = {}
-                for relative, data in files.items():
-                    path = staging / relative
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_bytes(data)
-                    top = PurePosixPath(relative).parts[0]
-                    tops[top] = staging / top
-                publish(list(tops.values()), staging, destination.parent)
+            accept_bytes(result, planned.job, answer.get("files"), destination, _SAME)
+            result.job = planned.job  # its paths as the build file wrote them
+            result.timings["ray_s"] = round(seconds, 3)
             save_report(result, destination)  # last, as a local build
         except OSError as exc:
             raise InvalidInputError(
@@ -330,6 +359,13 @@ class _RayBuild:
 
 
 # --- on the node ------------------------------------------------------------------------------
+
+
+def run_job_reporting_start(spec: dict[str, Any], *payloads: Payload) -> Iterator[Any]:
+    """The Ray task, a generator: it says when it starts running (the host's time limit
+    counts from there, not from its wait in the cluster's queue), then answers as run_job."""
+    yield _STARTED
+    yield run_job(spec, *payloads)
 
 
 def run_job(spec: dict[str, Any], *payloads: Payload) -> dict[str, Any]:
@@ -474,23 +510,6 @@ def _inside(path: str) -> bool:
         if depth < 0:
             return False
     return True
-
-
-def _check_files(result: ExportResult, files: dict[str, bytes]) -> None:
-    """The task's files are exactly the result's artifacts, byte for byte."""
-    import hashlib
-
-    listed = {f.path: f for f in result.artifacts}
-    if not listed or set(listed) != set(files):
-        raise ContractError(
-            f"the Ray task returned the files {sorted(files)}, its result lists {sorted(listed)}"
-        )
-    for relative, data in files.items():
-        expected = listed[relative]
-        if not _inside(relative) or relative in ("", "."):
-            raise ContractError(f"the Ray task returned a file outside its folder: {relative!r}")
-        if len(data) != expected.bytes or hashlib.sha256(data).hexdigest() != expected.sha256:
-            raise ContractError(f"{relative} came back from the Ray node damaged: run it again")
 
 
 def _host_paths(message: str, node_workspace: str | None, workspace: Path) -> str:

@@ -11,7 +11,7 @@ from timmx.build.execute import Executor, Outcome
 from timmx.build.manifest import Manifest, load_manifest, record, save_manifest, status_of
 from timmx.build.plan import PlannedJob, plan_build
 from timmx.build.spec import load_build_file
-from timmx.errors import InvalidInputError
+from timmx.errors import InvalidInputError, TimmxError
 from timmx.images.registry import DigestLookup, Pin, check_pins
 
 
@@ -35,14 +35,28 @@ def load_build(path: Path) -> Build:
     """Read the build file and find each job's key and state against the manifest."""
     spec = load_build_file(path)
     root = path.parent.resolve()
-    output = root / spec.build.output
+    output = (root / spec.build.output).resolve()
     manifest = load_manifest(output)
     jobs = []
-    for planned in plan_build(spec):
+    planned_jobs = plan_build(spec)
+    for planned in planned_jobs:  # the whole file is checked before anything runs
+        _check_inputs(planned, root)
+    for planned in planned_jobs:
         key = job_key(planned, root)
-        status = status_of(manifest.jobs.get(planned.id), key, root)
+        entry = manifest.jobs.get(planned.id)
+        status = status_of(entry, key, root, planned.job.backend, planned.job.output)
         jobs.append(BuildJob(planned, key, status))
     return Build(root, output, jobs, manifest, spec.build.jobs)
+
+
+def _check_inputs(planned: PlannedJob, root: Path) -> None:
+    """A job's input files exist, relative to the build file's folder however the job runs."""
+    from timmx.runners.container_job import check_input_files
+
+    try:
+        check_input_files(planned.job, root)
+    except TimmxError as exc:
+        raise type(exc)(f"{planned.id}: {exc.message}") from None
 
 
 def run_build(
@@ -95,7 +109,11 @@ def run_build(
 
 def locked_pins(build: Build) -> dict[str, Pin]:
     """`--locked`: each isolated job that will run, with the image the manifest recorded for
-    it; refused in one line when any has none."""
+    it; refused in one line when any has none, or one that is not a toolchain image of its job
+    (checked before any container starts: see timmx.images.registry.check_pins)."""
+    from timmx.backends import get_backend
+    from timmx.images.identity import BuildSettings
+
     pins: dict[str, Pin] = {}
     unpinned: list[str] = []
     for job in build.jobs:
@@ -105,7 +123,8 @@ def locked_pins(build: Build) -> dict[str, Pin]:
         if entry is None or entry.image_id is None:
             unpinned.append(job.planned.id)
         else:
-            pins[job.planned.id] = Pin(entry.image_id, entry.image_digest)
+            toolchain = get_backend(job.planned.job.backend).toolchain
+            pins[job.planned.id] = Pin(entry.image_id, entry.image_digest, toolchain)
     if unpinned:
         names = ", ".join(unpinned[:4]) + (f" and {len(unpinned) - 4} more" if unpinned[4:] else "")
         raise InvalidInputError(
@@ -113,5 +132,5 @@ def locked_pins(build: Build) -> dict[str, Pin]:
             "first (where the images are), or add them to the build that recorded the manifest"
         )
     if pins:
-        check_pins(set(pins.values()))
+        check_pins(pins.values(), BuildSettings.resolve().registry)  # TIMMX_REGISTRY
     return pins

@@ -73,6 +73,7 @@ def build_command(
 ) -> None:
     """Export every model of the build file to every target; skip what is up to date."""
     from timmx.build.execute import default_jobs
+    from timmx.build.lock import build_lock
     from timmx.build.run import load_build, locked_pins
     from timmx.build.spec import find_build_file
     from timmx.errors import InvalidInputError, TimmxError
@@ -100,14 +101,16 @@ def build_command(
         raise InvalidInputError(
             "--locked runs on this machine's Docker engine: drop --ray, or --locked"
         )
-    pins = locked_pins(build) if locked else None
     if ray is not None:
         from timmx.build.ray_runner import require_ray
 
         require_ray()
-    # On Ray every job is queued at once unless capped: the cluster schedules them.
-    slots = jobs or build.slots or (len(build.jobs) if ray is not None else default_jobs())
-    outcomes = _run(build, slots, keep_going, ray, pins)
+    with build_lock(build.output):
+        build = load_build(path)  # the manifest as it is now that no other build writes it
+        pins = locked_pins(build) if locked else None
+        # On Ray every job is queued at once unless capped: the cluster schedules them.
+        slots = jobs or build.slots or (len(build.jobs) if ray is not None else default_jobs())
+        outcomes = _run(build, slots, keep_going, ray, pins)
     _summary(build, outcomes)
     failed = [o for o in outcomes if o.error is not None]
     if failed:

@@ -1,4 +1,5 @@
-"""`timmx clean`: remove what killed exports left: staging folders and export containers."""
+"""`timmx clean`: remove what killed exports left: staging and exchange folders and export
+containers."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ from typing import Annotated
 
 import typer
 
-from timmx.cleanup import engine_is_local, find_stale_staging, stale_containers
+from timmx.cleanup import (
+    engine_is_local,
+    find_stale_staging,
+    looks_like_exchange,
+    stale_containers,
+)
 from timmx.cli import console
 from timmx.errors import DockerError, InvalidInputError, first_line
 
@@ -32,8 +38,9 @@ def clean_command(
         ),
     ] = True,
 ) -> None:
-    """Remove staging folders and export containers left by killed exports (their owner
-    process is gone); what is in use, or from another host, is kept."""
+    """Remove staging and exchange folders and export containers left by killed exports and
+    builds (their owner process is gone); what is in use, or from another host or pid namespace,
+    is kept."""
     roots = paths or [Path(".")]
     for root in roots:
         if not root.is_dir():
@@ -45,8 +52,9 @@ def clean_command(
         if not dry_run:
             shutil.rmtree(folder, ignore_errors=True)
         count += 1
+        kind = "exchange folder" if looks_like_exchange(folder.name) else "staging folder"
         console.out.print(
-            f"{verb} staging folder {console.escape(str(folder))} (pid {owner.pid} is gone)",
+            f"{verb} {kind} {console.escape(str(folder))} (pid {owner.pid} is gone)",
             soft_wrap=True,
         )
     if containers:
@@ -73,7 +81,15 @@ def _clean_containers(verb: str, dry_run: bool) -> int:
         from docker.errors import APIError, NotFound
 
         count = 0
-        for container, pid in stale_containers(client):
+        stale, unowned = stale_containers(client)
+        if unowned:
+            names = ", ".join(c.name for c in unowned[:3]) + (" ..." if unowned[3:] else "")
+            console.err.print(
+                f"containers: kept {len(unowned)} with no owner record ({names}; made by an older "
+                "timmx): remove them with `docker rm -f` once no export runs",
+                soft_wrap=True,
+            )
+        for container, owner in stale:
             if not dry_run:
                 try:
                     container.remove(force=True)
@@ -85,7 +101,7 @@ def _clean_containers(verb: str, dry_run: bool) -> int:
                     continue
             count += 1
             console.out.print(
-                f"{verb} container {container.name} ({container.status}, pid {pid} is gone)",
+                f"{verb} container {container.name} ({container.status}, pid {owner.pid} is gone)",
                 soft_wrap=True,
             )
         return count

@@ -27,6 +27,7 @@ LABEL_CONTENT = "ai.timmx.content-hash"  # the inputs less the build arguments
 LABEL_BASE = "ai.timmx.base-image"
 LABEL_TORCH_INDEX = "ai.timmx.torch-index-url"
 LABEL_TORCH_WHEELS = "ai.timmx.torch-wheels"
+LABEL_VERSION = "org.opencontainers.image.version"  # the timmx that built it (the Dockerfile too)
 BUILD_FIELDS = ("base_image", "torch_index_url", "torch_wheels")
 _TAG_CHARS = 16
 
@@ -121,6 +122,7 @@ class ImageIdentity:
     def labels(self) -> dict[str, str]:
         return {
             LABEL_TOOLCHAIN: self.toolchain,
+            LABEL_VERSION: __version__,
             LABEL_INPUTS: self.inputs_hash,
             LABEL_CONTENT: self.content_hash,
             LABEL_LOCK: self.lock_hash,

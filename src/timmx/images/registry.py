@@ -4,15 +4,21 @@ image a build recorded (`timmx build --locked`).
 An image is named three ways: its tag (`timmx-onnx:<inputs>`, which a rebuild moves), its id
 (the sha256 of its configuration, the same on every machine that has it) and, once in a
 registry, its digest (`<registry>/timmx-onnx@sha256:...`, by which any machine can pull it).
+
+The manifest that names them is a file anyone with the repository can edit, so a recorded image
+runs only when it is a toolchain image of the job's toolchain and this timmx, and is pulled only
+from the registry the user configured (see timmx.images.trust).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from timmx.errors import DockerError, InvalidInputError, TimmxError, first_line
 from timmx.images.build import Line, ignore_line
 from timmx.images.find import Found
+from timmx.images.trust import foreign_digest, foreign_image
 
 
 @dataclass(frozen=True)
@@ -21,29 +27,55 @@ class Pin:
 
     image_id: str
     digest: str | None
+    toolchain: str  # the job's backend's: the image must be of it
 
 
-def check_pins(pins: set[Pin]) -> None:
-    """Before a locked build starts: each recorded image is here, or can be pulled by digest."""
+def check_pins(pins: Iterable[Pin], registry: str | None) -> None:
+    """Before a locked build starts, for each recorded image, in one line: refuse one that is
+    here but is not a toolchain image of its job's toolchain and this timmx, and one that is not
+    here and not in `registry` (the configured one) by digest."""
     from timmx.images.engine import connect
 
     client = connect("or drop --locked")
     try:
-        for pin in sorted(pins, key=lambda p: p.image_id):
-            if pin.digest is None and not _present(client, pin.image_id):
+        for pin in sorted(set(pins), key=lambda p: (p.image_id, p.toolchain)):
+            image = _present(client, pin.image_id)
+            if image is not None:
+                _check_labels(image, pin, InvalidInputError)
+            elif pin.digest is None:
                 raise InvalidInputError(_never_pushed(pin.image_id))
+            else:
+                _check_digest(pin, registry)
     finally:
         client.close()
 
 
-def _present(client, image_id: str) -> bool:
+def _present(client, image_id: str):
     from docker.errors import ImageNotFound
 
     try:
-        client.images.get(image_id)
+        return client.images.get(image_id)
     except ImageNotFound:
-        return False
-    return True
+        return None
+
+
+def _check_labels(image, pin: Pin, error: type[TimmxError]) -> None:
+    problem = foreign_image(image.labels, pin.toolchain)
+    if problem is not None:
+        raise error(
+            f"--locked: the recorded {pin.toolchain} image {pin.image_id[:19]} will not run: "
+            f"{problem} (was the manifest edited?): rebuild the manifest without --locked"
+        )
+
+
+def _check_digest(pin: Pin, registry: str | None) -> None:
+    assert pin.digest is not None
+    problem = foreign_digest(pin.digest, registry)
+    if problem is not None:
+        raise InvalidInputError(
+            f"--locked: the recorded {pin.toolchain} image {pin.digest} will not be pulled: "
+            f"{problem}: set TIMMX_REGISTRY, or rebuild the manifest without --locked"
+        )
 
 
 def _never_pushed(image_id: str) -> str:
@@ -92,17 +124,20 @@ def repo_digest(client, image_id: str) -> str | None:
     return sorted(digests)[0] if digests else None
 
 
-def pin_image(client, image_id: str, digest: str | None, on_line: Line = ignore_line) -> Found:
-    """Exactly the image a build recorded: present here by its id, or pulled by its digest."""
-    from docker.errors import APIError, ImageNotFound, NotFound
+def pin_image(client, pin: Pin, registry: str | None, on_line: Line = ignore_line) -> Found:
+    """Exactly the image a build recorded: present here by its id, or pulled by its digest from
+    `registry` (the configured one); either way a toolchain image of `pin.toolchain` and this
+    timmx, checked before anything runs in it."""
+    from docker.errors import APIError, NotFound
 
-    try:
-        image = client.images.get(image_id)
+    image_id, digest = pin.image_id, pin.digest
+    image = _present(client, image_id)
+    if image is not None:
+        _check_labels(image, pin, InvalidInputError)
         return Found(_ref(image, digest), image.id, True, "present")
-    except ImageNotFound:
-        pass
     if digest is None:
         raise InvalidInputError(_never_pushed(image_id))
+    _check_digest(pin, registry)
     on_line(f"pulling {digest}")
     try:
         image = client.images.pull(digest)
@@ -113,11 +148,16 @@ def pin_image(client, image_id: str, digest: str | None, on_line: Line = ignore_
             f"{digest} is the image {image.id[:19]}, not the recorded {image_id[:19]}: the "
             "manifest and the registry disagree"
         )
+    _check_labels(image, pin, DockerError)
     return Found(digest, image.id, True, "pulled")
 
 
 def _ref(image, digest: str | None) -> str:
-    return digest or (image.tags[0] if image.tags else image.id)
+    """A name that runs this image: the recorded digest only when it is one of the image's (the
+    engine does not pull on create, and a foreign digest names nothing here)."""
+    if digest is not None and digest in (image.attrs.get("RepoDigests") or []):
+        return digest
+    return image.tags[0] if image.tags else image.id
 
 
 class DigestLookup:

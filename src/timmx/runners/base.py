@@ -51,7 +51,7 @@ def check_job(job: ExportJob, workspace: Path) -> tuple[Backend, BackendOptions]
     backend = get_backend(job.backend)
     options = backend.parse_options(job.options)
     backend.check(job, options)
-    check_output(workspace / job.output, backend.suffixes, backend.name, backend.any_folder_name)
+    check_output(workspace / job.output, backend)
     return backend, options
 
 

@@ -3,8 +3,9 @@
 The host writes job.json (paths relative to /job) into a private staging folder beside the
 artifact, mounts the inputs read-only and an output folder read-write, runs the image's worker
 as the caller's uid:gid with no network, a read-only root filesystem, no capabilities and
-limits on memory, processes and time; then it validates result.json, moves the artifacts into
-place atomically and writes the same report as an in-process export. No torch here.
+limits on memory, processes and time; then it validates result.json, publishes host-made copies
+of exactly the files the job declares (`timmx.runners.accept`) and writes the same report as an
+in-process export. No torch here.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Protocol
 
+from timmx import cleanup
 from timmx.contract import ExportJob, ExportResult
 from timmx.errors import DockerError, InvalidInputError, ModelError, first_line
 from timmx.images.engine import connect
@@ -31,7 +33,7 @@ from timmx.runners.container_job import JOB_DIR, Mounts, cache_binds, stage_job
 from timmx.runners.container_result import accept_result, read_result
 from timmx.time_limit import TIME_LIMIT_ENV, timed_out_message
 
-RUN_LABEL = "ai.timmx.run"  # on every export container, so none can hide
+RUN_LABEL = cleanup.RUN_LABEL  # on every export container, so none can hide
 EXIT_SIGKILL = 137
 GRACE_S = 5  # past the job's time limit, for the worker to say so itself
 _MIN_MEMORY = 64 * 1024**2  # a floor for typos like 8m: importing torch alone needs more
@@ -196,13 +198,17 @@ def exit_code_of(client, container) -> Callable[[], int]:
 
 def fetch_weights(client, image: str, name: str, limits: Limits, progress: Progress) -> None:
     """The export container has no network: the weights come into the host's caches first,
-    by the image's timm, in a container that can reach the hub and write only there."""
+    by the image's timm, in a container that can reach the hub and write only there. It gets
+    the network (and a hub token): only a toolchain image of this timmx runs it."""
     from docker.errors import APIError
 
+    from timmx.images.trust import timmx_image_id
+
+    image_id = timmx_image_id(client, image)
     env: dict[str, str] = {}
     binds = cache_binds(env, writable=True)
     options = hardened_options(
-        image, [name], bind_mounts(binds), env, limits.memory, limits.pids_limit
+        image_id, [name], bind_mounts(binds), env, limits.memory, limits.pids_limit
     )
     options.update(network_mode="bridge", entrypoint=["/opt/venv/bin/python", "-m", "timmx.fetch"])
     progress(f"Fetching the pretrained weights of {name}")
@@ -216,14 +222,14 @@ def fetch_weights(client, image: str, name: str, limits: Limits, progress: Progr
         exit_code = exit_code_of(client, container)
         container.start()
         timer.start()
-        lines = list(log_lines(container.logs(stream=True, follow=True)))
+        lines = deque(log_lines(container.logs(stream=True, follow=True)), maxlen=20)
         code = exit_code()
     finally:
         timer.cancel()
         _remove_quietly(container)
     if code != 0:
         errors = [line[len("error: ") :] for line in lines if line.startswith("error: ")]
-        last = errors[-1] if errors else (" | ".join(lines[-3:]) or f"exit code {code}")
+        last = errors[-1] if errors else (" | ".join(list(lines)[-3:]) or f"exit code {code}")
         raise ModelError(last)
 
 
@@ -245,13 +251,14 @@ def hardened_options(
     """`containers.create` arguments for an export container: the hardening lives here.
 
     It runs as the caller's uid:gid with no network, a read-only root filesystem, no
-    capabilities and limits on memory and processes; it is labelled with this process's pid (so
-    `timmx clean` knows an orphan) and removes itself when it ends, even with nobody watching."""
+    capabilities and limits on memory and processes; it is labelled with this run's id and
+    owner (so Ctrl-C and `timmx clean` know theirs and an orphan) and removes itself when it
+    ends, even with nobody watching."""
     return {
         "image": image,
         "command": command,
         "name": f"timmx-{uuid.uuid4().hex[:12]}",
-        "labels": {RUN_LABEL: str(os.getpid())},
+        "labels": cleanup.container_labels(),
         "user": f"{os.getuid()}:{os.getgid()}",
         "working_dir": JOB_DIR,
         "environment": {
@@ -314,17 +321,39 @@ def no_result(
     return DockerError(f"the worker {how} and wrote no result: {last}")
 
 
-def log_lines(stream) -> Any:
-    pending = b""
+MAX_LOG_LINE = 8 * 1024  # bytes of a container's log line that the host keeps
+
+
+def log_lines(stream, limit: int = MAX_LOG_LINE) -> Iterator[str]:
+    """The non-blank lines of a container's log stream (chunks of bytes), each cut at `limit`
+    bytes: the rest of a longer line is dropped up to its newline, so a container that writes
+    without newlines cannot fill the host's memory."""
+    pending = bytearray()
+    cut = 0  # bytes of the current line dropped so far
     for chunk in stream:
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        for raw in complete:
-            line = raw.decode(errors="replace").rstrip("\r")
+        start = 0
+        while start <= len(chunk):
+            end = chunk.find(b"\n", start)
+            stop = len(chunk) if end < 0 else end
+            room = max(limit - len(pending), 0)
+            pending += chunk[start : min(stop, start + room)]
+            cut += max(stop - start - room, 0)
+            if end < 0:
+                break
+            line = _log_line(pending, cut)
             if line.strip():
                 yield line
-    if pending.strip():
-        yield pending.decode(errors="replace")
+            pending.clear()
+            cut = 0
+            start = end + 1
+    line = _log_line(pending, cut)
+    if line.strip():
+        yield line
+
+
+def _log_line(raw: bytearray, cut: int) -> str:
+    line = raw.decode(errors="replace").rstrip("\r")
+    return f"{line}... ({cut} more bytes cut)" if cut else line
 
 
 def steps_only(progress: Progress) -> Progress:

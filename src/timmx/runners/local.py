@@ -14,6 +14,7 @@ from timmx.contract import ExportJob, ExportResult, Verification
 from timmx.environment import describe
 from timmx.errors import ExportFailedError, TimmxError, VerificationError, first_line
 from timmx.output import describe_files, publish, staging_folder
+from timmx.ownership import check_replaceable
 from timmx.quiet import converters_quiet, fewer_collections
 from timmx.runners.base import Progress, check_job, no_progress, save_report
 
@@ -117,6 +118,8 @@ class LocalRunner:
                 timings={k: round(v, 3) for k, v in timings.items()},
                 warnings=ctx.warnings,
             )
+            # Proved again at the moment of replacing: the export may have taken minutes.
+            check_replaceable(destination, backend)
             publish(staged, staging, destination.parent)
         if self.write_report:
             save_report(result, destination)

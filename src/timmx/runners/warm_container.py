@@ -47,6 +47,7 @@ from timmx.runners.docker import (
 from timmx.time_limit import TIME_LIMIT_ENV
 
 _WORK = "work"
+_MAX_ANSWER = 16 * 1024**2  # bytes of one protocol line: a result is a few KiB, never cut
 
 
 class WarmContainer:
@@ -126,7 +127,8 @@ class WarmContainer:
 
     def _read_answers(self) -> None:
         try:
-            for line in log_lines(self.container.logs(stream=True, follow=True, stderr=False)):
+            answers = self.container.logs(stream=True, follow=True, stderr=False)
+            for line in log_lines(answers, limit=_MAX_ANSWER):
                 try:
                     self._messages.put(json.loads(line))
                 except ValueError:
