@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -15,6 +19,33 @@ from tests.prebuild import (  # noqa: F401 - hooks: images build while in-proces
     pytest_terminal_summary,
 )
 from timmx.cli.app import main
+
+
+def unavailable(reason: str) -> None:
+    """Something a test needs is missing: skip outside CI; in CI (env CI set) fail, since CI
+    installs every backend and nothing may skip there. Works at module level too."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI runs everything, but {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def require(module: str, hint: str = "pip install 'timmx[all]'") -> ModuleType:
+    """Import `module` (a runtime a test checks artifacts in), or see `unavailable`."""
+    try:
+        with warnings.catch_warnings():  # some runtimes warn on import (coreai_torch)
+            warnings.simplefilter("ignore")
+            return importlib.import_module(module)
+    except ImportError as exc:
+        unavailable(f"{module} cannot be imported here ({exc}): {hint}")
+        raise  # unreachable: unavailable() always raises
+
+
+def require_backend(name: str) -> None:
+    """The backend's own packages, as timmx checks them before an export."""
+    from timmx.backends import get_backend
+
+    if missing := get_backend(name).missing_packages():
+        unavailable(f"the {name} backend lacks {', '.join(missing)}: pip install 'timmx[all]'")
 
 
 @dataclass

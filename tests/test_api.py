@@ -110,32 +110,25 @@ def test_importing_timmx_imports_no_torch():
     assert done.stdout.strip() == "[]"
 
 
-def test_an_export_leaves_the_callers_warning_filters_alone(workdir, make_checkpoint):
+def export_resnet18(backend: str, make_checkpoint, output: str):
+    """`timmx.export` of a 10-class resnet18 at 32x32 through the API."""
     from timmx import export
 
+    checkpoint = make_checkpoint("resnet18", num_classes=10)
+    return export(
+        backend, "resnet18", checkpoint=checkpoint, num_classes=10, input_size=(3, 32, 32),
+        output=output,
+    )  # fmt: skip
+
+
+def test_an_export_leaves_the_callers_warning_filters_alone(workdir, make_checkpoint):
     before = list(warnings.filters)
-    export(
-        "torch-export",
-        "resnet18",
-        checkpoint=make_checkpoint("resnet18", num_classes=10),
-        num_classes=10,
-        input_size=(3, 32, 32),
-        output="m.pt2",
-    )
+    export_resnet18("torch-export", make_checkpoint, "m.pt2")
     assert warnings.filters == before
 
 
 def test_the_reports_timings_add_up(workdir, make_checkpoint):
-    from timmx import export
-
-    result = export(
-        "onnx",
-        "resnet18",
-        checkpoint=make_checkpoint("resnet18", num_classes=10),
-        num_classes=10,
-        input_size=(3, 32, 32),
-        output="m.onnx",
-    )
+    result = export_resnet18("onnx", make_checkpoint, "m.onnx")
     timings = dict(result.timings)
     total = timings.pop("total_s")
     assert {"import_s", "model_s", "export_s", "verify_s", "report_s"} <= set(timings)
@@ -156,11 +149,13 @@ def test_a_second_backend_of_the_same_name_is_refused():
 
 
 def test_the_runner_is_chosen_by_a_function():
-    from timmx.runners.base import Runner, select_runner
+    from timmx.runners.base import Runner
     from timmx.runners.docker import DockerRunner
     from timmx.runners.local import LocalRunner
+    from timmx.runners.spec import DockerSpec, LocalSpec, open_runner
 
-    local, docker = select_runner(False), select_runner(True, memory="2g", timeout_s=60)
+    local = open_runner(LocalSpec())
+    docker = open_runner(DockerSpec(memory="2g", timeout_s=60))
     assert isinstance(local, LocalRunner) and isinstance(local, Runner)
     assert isinstance(docker, DockerRunner) and isinstance(docker, Runner)
     assert (docker.memory, docker.timeout_s) == ("2g", 60)

@@ -10,44 +10,17 @@ import numpy as np
 import pytest
 import torch
 
+from tests.builds import build_file, check_two_target_build, write_project
 from tests.conftest import assert_matches, reference_model
 from tests.test_errors import assert_refused
 from tests.test_export_onnx import run_onnx
 
-BUILD = """
-[build]
-output = "dist"
-
-[defaults]
-input-size = [3, 32, 32]
-
-[[models]]
-name = "resnet18"
-checkpoint = "ckpt/resnet18.pth"
-num-classes = 10
-
-[[models]]
-name = "mobilenetv3_small_100"
-checkpoint = "ckpt/mnv3.pth"
-num-classes = 10
-input-size = [3, 48, 40]
-
-[[targets]]
-backend = "onnx"
-dynamic-batch = true
-
-[[targets]]
-backend = "torch-export"
-"""
+BUILD = build_file(sizes={"mobilenetv3_small_100": (48, 40)})
 
 
 @pytest.fixture
 def project(workdir, make_checkpoint) -> Path:
-    (workdir / "ckpt").mkdir()
-    for name, file in (("resnet18", "resnet18.pth"), ("mobilenetv3_small_100", "mnv3.pth")):
-        (workdir / "ckpt" / file).write_bytes(make_checkpoint(name, num_classes=10).read_bytes())
-    (workdir / "timmx.toml").write_text(BUILD)
-    return workdir
+    return write_project(workdir, make_checkpoint, BUILD)
 
 
 def manifest(root: Path) -> dict:
@@ -65,24 +38,8 @@ def mtimes(root: Path) -> dict[str, int]:
 def test_build_exports_every_pair_and_each_matches_pytorch(cli, project):
     result = cli("build", "--jobs", 2)
     assert result.code == 0, result.err
-    dist = project / "dist"
-    checkpoint = {"resnet18": "resnet18.pth", "mobilenetv3_small_100": "mnv3.pth"}
     sizes = {"resnet18": (32, 32), "mobilenetv3_small_100": (48, 40)}
-    for model, (h, w) in sizes.items():
-        expected_model = reference_model(
-            model, project / "ckpt" / checkpoint[model], num_classes=10
-        )
-        x = torch.randn(3, 3, h, w, generator=torch.Generator().manual_seed(11))
-        expected = expected_model(x).detach().numpy()
-        # onnx with a dynamic batch: run at 3, which the export never saw
-        assert_matches(run_onnx(dist / model / "onnx" / f"{model}.onnx", x.numpy()), expected)
-        program = torch.export.load(dist / model / "torch-export" / f"{model}.pt2").module()
-        assert_matches(program(x[:1]).detach().numpy(), expected[:1])
-        report = json.loads((dist / model / "onnx" / f"{model}.onnx.json").read_text())
-        assert report["verification"]["status"] == "passed"
-
-    jobs = manifest(project)["jobs"]
-    assert sorted(jobs) == sorted(f"{m}/{t}" for m in sizes for t in ("onnx", "torch-export"))
+    jobs = check_two_target_build(project, sizes)
     for entry in jobs.values():  # the manifest's hashes are the files'
         folder = (project / entry["artifact"]).parent
         for file in entry["artifacts"]:

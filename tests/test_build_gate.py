@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.builds import copy_project, run_build
 from tests.conftest import assert_matches, reference_model
 from tests.test_errors import assert_refused
 from tests.test_export_onnx import run_onnx
@@ -43,21 +44,12 @@ def built(tmp_path_factory, make_checkpoint) -> Path:
     (root / "ckpt").mkdir()
     (root / "ckpt/r.pth").write_bytes(make_checkpoint("resnet18", num_classes=10).read_bytes())
     (root / "timmx.toml").write_text(BUILD)
-    from timmx.cli.app import main
-
-    try:
-        main(["build", str(root / "timmx.toml")])
-    except SystemExit as exc:
-        assert not exc.code, exc.code
-    return root
+    return run_build(root)
 
 
 @pytest.fixture
 def project(built, workdir) -> Path:
-    import shutil
-
-    shutil.copytree(built, workdir, dirs_exist_ok=True)
-    return workdir
+    return copy_project(built, workdir)
 
 
 def manifest_file(root: Path) -> Path:

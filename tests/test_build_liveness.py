@@ -11,27 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.builds import ONNX, build_file, write_project
 from tests.test_errors import assert_refused
 from timmx.build.execute import Executor, Outcome
 from timmx.build.lock import LOCK_NAME
 from timmx.build.run import load_build
 from timmx.time_limit import timed_out_message
 
-BUILD = """
-[build]
-output = "dist"
-
-[defaults]
-input-size = [3, 32, 32]
-
-[[models]]
-name = "resnet18"
-checkpoint = "ckpt/resnet18.pth"
-num-classes = 10
-
-[[targets]]
-backend = "onnx"
-"""
+BUILD = build_file(models=("resnet18",), targets=ONNX)
 MORE_TARGETS = """
 [[targets]]
 backend = "torch-export"
@@ -54,11 +41,7 @@ with build_lock(Path(sys.argv[1])):
 
 @pytest.fixture
 def project(workdir, make_checkpoint) -> Path:
-    (workdir / "ckpt").mkdir()
-    checkpoint = make_checkpoint("resnet18", num_classes=10)
-    (workdir / "ckpt/resnet18.pth").write_bytes(checkpoint.read_bytes())
-    (workdir / "timmx.toml").write_text(BUILD)
-    return workdir
+    return write_project(workdir, make_checkpoint, BUILD)
 
 
 def files(folder: Path) -> dict[str, int]:
@@ -149,7 +132,8 @@ def test_a_killed_warm_worker_fails_only_its_job(project):
 
     def kill_the_worker_once(planned, message: str) -> None:
         if not killed:  # the first job is under way in the slot's one worker
-            (worker,) = executor._workers
+            (runners,) = executor._pools
+            (worker,) = runners.processes
             killed.append(worker.process.pid)
             os.kill(worker.process.pid, signal.SIGKILL)
 

@@ -22,59 +22,25 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import torch
 
-try:
-    import ray  # noqa: F401
-except ImportError:
-    if os.environ.get("CI"):
-        raise  # CI installs ray: a missing one is a failure there, not a skip
-    pytest.skip(
-        "ray is not installed (pip install 'timmx[ray]'); CI installs it",
-        allow_module_level=True,
-    )
-
-from ray.cluster_utils import Cluster
-
-from tests.conftest import assert_matches, reference_model
+from tests.builds import CHECKPOINTS, build_file, check_two_target_build, write_project
+from tests.conftest import require
 from tests.test_errors import assert_refused
-from tests.test_export_onnx import run_onnx
 
-BUILD = """
-[build]
-output = "dist"
+require("ray", "pip install 'timmx[ray]'")
 
-[defaults]
-input-size = [3, 32, 32]
+from ray.cluster_utils import Cluster  # noqa: E402
 
-[[models]]
-name = "resnet18"
-checkpoint = "ckpt/resnet18.pth"
-num-classes = 10
-
-[[models]]
-name = "mobilenetv3_small_100"
-checkpoint = "ckpt/mnv3.pth"
-num-classes = 10
-
-[[targets]]
-backend = "onnx"
-dynamic-batch = true
-
-[[targets]]
-backend = "torch-export"
-"""
-MODELS = {"resnet18": "resnet18.pth", "mobilenetv3_small_100": "mnv3.pth"}
+BUILD = build_file()
+MODELS = CHECKPOINTS
+# Ends a run only if it hangs: far above any build here, never a measure of one.
+HANG_GUARD_S = 1200
 NODE = {"num_cpus": 1, "object_store_memory": 200 * 1024**2}
 
 
 @pytest.fixture
 def project(workdir, make_checkpoint) -> Path:
-    (workdir / "ckpt").mkdir()
-    for name, file in MODELS.items():
-        (workdir / "ckpt" / file).write_bytes(make_checkpoint(name, num_classes=10).read_bytes())
-    (workdir / "timmx.toml").write_text(BUILD)
-    return workdir
+    return write_project(workdir, make_checkpoint, BUILD)
 
 
 @contextmanager
@@ -98,24 +64,7 @@ def cluster(monkeypatch, head_cpus: int, workers: int) -> Iterator[tuple[Cluster
 
 
 def check_artifacts(root: Path) -> None:
-    """Each model's onnx (at batch 3, which the export never saw) and torch-export artifact
-    matches PyTorch; the manifest lists all four jobs, each verified."""
-    dist = root / "dist"
-    for model, checkpoint in MODELS.items():
-        expected_model = reference_model(model, root / "ckpt" / checkpoint, num_classes=10)
-        x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(11))
-        expected = expected_model(x).detach().numpy()
-        assert_matches(run_onnx(dist / model / "onnx" / f"{model}.onnx", x.numpy()), expected)
-        program = torch.export.load(dist / model / "torch-export" / f"{model}.pt2").module()
-        assert_matches(program(x[:1]).detach().numpy(), expected[:1])
-        report = json.loads((dist / model / "onnx" / f"{model}.onnx.json").read_text())
-        assert report["verification"]["status"] == "passed"
-        assert report["job"]["model"]["checkpoint"] == f"ckpt/{checkpoint}"
-    jobs = json.loads((dist / "timmx-build.json").read_text())["jobs"]
-    assert sorted(jobs) == sorted(f"{m}/{t}" for m in MODELS for t in ("onnx", "torch-export"))
-    assert all(entry["verification"] == "passed" for entry in jobs.values())
-    staging = list(dist.rglob(".*"))
-    assert not staging, staging
+    check_two_target_build(root, dict.fromkeys(MODELS, (32, 32)))
 
 
 def test_build_on_a_two_node_cluster(cli, project, make_checkpoint, monkeypatch):
@@ -170,15 +119,14 @@ def test_a_node_lost_mid_build_is_survived(cli, project, monkeypatch):
             target=lambda: answer.update(result=cli("build", "--ray", nodes.address))
         )
         build.start()
-        deadline = time.monotonic() + 180
         victim = None
-        while victim is None and build.is_alive() and time.monotonic() < deadline:
+        while victim is None and build.is_alive():  # until a task runs (or the build ends)
             victim = next((node for node in workers if running_timmx_task(node)), None)
             time.sleep(0.2)
         assert victim is not None, "no timmx task was seen running on a worker node"
         nodes.remove_node(victim, allow_graceful=False)  # a lost machine: no goodbye
-        build.join(timeout=300)
-        assert not build.is_alive(), "the build did not finish after losing a node"
+        build.join(timeout=HANG_GUARD_S)  # the build ends, either way; only a hang meets this
+        assert not build.is_alive(), "the build hung after losing a node"
     result = answer["result"]
     assert result.code == 0, result.err + result.out
     check_artifacts(project)
@@ -212,10 +160,13 @@ def test_a_task_needs_only_its_payloads(project, make_checkpoint, tmp_path):
     """The task, called here as a node would: an input outside the build folder (an absolute
     path) travels by content under the task's own workspace, and what comes back is every
     file of the artifact, as the result lists it."""
-    from timmx.build.ray_runner import _job_for_node, _read_input, run_job
+    from timmx.build.cache import toolchain_identity
+    from timmx.build.ray_runner import run_job
     from timmx.build.run import load_build
     from timmx.contract import ExportResult
     from timmx.runners.accept import accept_bytes
+    from timmx.runners.remote import pack, read_input
+    from timmx.runners.spec import LocalSpec
 
     outside = make_checkpoint("mobilenetv3_small_100", num_classes=10).resolve()
     text = BUILD.replace('"ckpt/mnv3.pth"', json.dumps(str(outside)))
@@ -225,24 +176,13 @@ def test_a_task_needs_only_its_payloads(project, make_checkpoint, tmp_path):
         for job in load_build(project / "timmx.toml").jobs
         if job.planned.id == "mobilenetv3_small_100/onnx"
     )
-    renames = {str(outside): f"_inputs/0/{outside.name}"}
-    node_job = _job_for_node(planned.job, renames)
-    assert node_job["model"]["checkpoint"] == f"_inputs/0/{outside.name}"
-    assert node_job["output"] == planned.job.output  # inside the folder: as written
-    from timmx import __version__
-    from timmx.build.cache import toolchain_identity
-
-    spec = {
-        "job": node_job,
-        "inputs": list(renames.values()),
-        "isolated": False,
-        "memory": "8g",
-        "timeout_s": 600,
-        "build": False,
-        "timmx": __version__,
-        "toolchain": toolchain_identity("onnx", False),
-    }
-    answer = run_job(spec, _read_input(outside))
+    shipment = pack(planned.job, LocalSpec(write_report=False), toolchain_identity("onnx", False))
+    spec = shipment.spec
+    assert shipment.inputs == [str(outside)]
+    assert spec["inputs"] == [f"_inputs/0/{outside.name}"]
+    assert spec["job"]["model"]["checkpoint"] == f"_inputs/0/{outside.name}"
+    assert spec["job"]["output"] == planned.job.output  # inside the folder: as written
+    answer = run_job(spec, read_input(outside))
     result = ExportResult.model_validate_json(answer["result"])
     assert sorted(answer["files"]) == ["mobilenetv3_small_100.onnx"]
     assert not (project / "dist").exists()  # nothing written here: it all came back as bytes
@@ -254,7 +194,7 @@ def test_a_task_needs_only_its_payloads(project, make_checkpoint, tmp_path):
 
     # A node with another torch than this host's (which the cache key holds) refuses the job.
     spec["toolchain"] = re.sub(r"torch=[^,]+", "torch=0.0.1", spec["toolchain"])
-    refused = run_job(spec, _read_input(outside))["error"]
+    refused = run_job(spec, read_input(outside))["error"]
     assert refused["kind"] == "invalid_input"
     assert "torch 0.0.1 here" in refused["message"], refused["message"]
     assert "install the same versions on every node" in refused["message"]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import unavailable
 from timmx.cleanup import (
     OWNER_FILE,
     OWNER_LABEL,
@@ -138,15 +139,17 @@ def test_an_owner_in_another_pid_namespace_or_host_is_unknowable() -> None:
 EXCHANGE_HOLDER = """
 import sys, time
 from pathlib import Path
-from timmx.build.containers import ContainerPool
-pool = ContainerPool(Path(sys.argv[1]), Path(sys.argv[1]) / "dist", [])
-print(pool._exchange_folder(), flush=True)
+from timmx.runners.spec import WarmContainerSpec
+from timmx.runners.warm_container import WarmContainer
+pool = WarmContainer(WarmContainerSpec(toolchain="onnx"))
+print(pool._exchange_folder(Path(sys.argv[1]) / "dist"), flush=True)
 time.sleep(600)
 """
 
 
 def test_clean_removes_a_killed_builds_exchange_folder_only(tmp_path: Path, cli) -> None:
-    from timmx.build.containers import ContainerPool
+    from timmx.runners.spec import WarmContainerSpec
+    from timmx.runners.warm_container import WarmContainer
 
     proc = subprocess.Popen(
         [sys.executable, "-c", EXCHANGE_HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
@@ -162,9 +165,9 @@ def test_clean_removes_a_killed_builds_exchange_folder_only(tmp_path: Path, cli)
     (seen / "1" / "out").mkdir(parents=True)
     unowned = tmp_path / "dist" / ".timmx-work-abcd1234"
     unowned.mkdir()
-    pool = ContainerPool(tmp_path, tmp_path / "dist", [])
+    pool = WarmContainer(WarmContainerSpec(toolchain="onnx"))
     try:
-        live = pool._exchange_folder().parent  # this process's: alive
+        live = pool._exchange_folder(tmp_path / "dist").parent  # this process's: alive
         done = cli("clean", "--no-containers", str(tmp_path))
         assert done.code == 0, done.err
         assert f"removed exchange folder {dead}" in done.out
@@ -189,9 +192,7 @@ def docker_client():
 
         client = connect()
     except Exception as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI needs a Docker engine for the container cleanup test: {exc}")
-        pytest.skip(f"no Docker engine: {exc}")
+        unavailable(f"the container cleanup test needs a Docker engine: {exc}")
     yield client
     client.close()
 
@@ -206,9 +207,7 @@ def any_image(client) -> str:
         images = client.images.list()
     if not images:
         reason = "no image to create a container from: make one with `timmx images base`"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(reason)
     return images[0].id
 
 

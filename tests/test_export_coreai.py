@@ -8,7 +8,6 @@ asset back with coreai themselves and run it against the checkpoint in a fresh t
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from importlib.metadata import version
 from pathlib import Path
 
@@ -17,12 +16,11 @@ import pytest
 import torch
 from packaging.version import Version
 
-if importlib.util.find_spec("coreai_torch") is None:  # not importorskip: its import warns
-    pytest.skip("coreai-torch is not installed", allow_module_level=True)
-
-from tests.conftest import assert_matches, reference_model
+from tests.conftest import assert_matches, reference_model, require
 from tests.report_files import assert_report_lists_the_files
 from tests.test_errors import assert_refused
+
+require("coreai_torch")
 
 TIMES = "\N{MULTIPLICATION SIGN}"
 
@@ -174,7 +172,7 @@ def test_a_wrong_asset_fails_verification(cli, workdir, make_checkpoint, monkeyp
 def test_re_export_replaces_the_asset(cli, workdir, make_checkpoint):
     ckpt = make_checkpoint("resnet18", num_classes=10)
     assert export(cli, ckpt, "r.aimodel").code == 0
-    (workdir / "r.aimodel" / "stale.txt").write_text("from before")
+    first = (workdir / "r.aimodel.json").read_text()
     result = export(cli, ckpt, "r.aimodel", "--no-verify")
     assert result.code == 0, result.err
     assert sorted(p.name for p in (workdir / "r.aimodel").iterdir()) == [
@@ -184,7 +182,12 @@ def test_re_export_replaces_the_asset(cli, workdir, make_checkpoint):
     ]
     report = assert_report_lists_the_files(workdir / "r.aimodel")
     assert report["verification"]["status"] == "skipped"
+    assert (workdir / "r.aimodel.json").read_text() != first  # replaced, not kept
     assert leftovers(workdir) == ["r.aimodel", "r.aimodel.json"]
+    # A file the user put into the asset is not timmx's to remove: refused, nothing touched.
+    (workdir / "r.aimodel" / "notes.txt").write_text("mine")
+    assert_refused(export(cli, ckpt, "r.aimodel"), "notes.txt", "timmx did not make")
+    assert (workdir / "r.aimodel" / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize(

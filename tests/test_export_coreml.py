@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("coremltools")
-
-from tests.conftest import assert_matches, reference_model
+from tests.conftest import assert_matches, reference_model, require
 from tests.test_errors import assert_refused
 from timmx.mil_reference import Evaluator, load_program
+
+require("coremltools")
 
 SIZE = 32
 

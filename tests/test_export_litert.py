@@ -52,22 +52,9 @@ def compare(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float, flo
 
 def export(cli, workdir: Path, model: str, ckpt: Path, out: str, *flags, size: int = SIZE):
     result = cli(
-        "export",
-        "litert",
-        model,
-        "-c",
-        ckpt,
-        "--num-classes",
-        10,
-        "--input-size",
-        3,
-        size,
-        size,
-        "-o",
-        out,
-        "--json",
-        *flags,
-    )
+        "export", "litert", model, "-c", ckpt, "--num-classes", 10, "--input-size", 3, size, size,
+        "-o", out, "--json", *flags,
+    )  # fmt: skip
     assert result.code == 0, result.err
     report = result.report(workdir / out)
     assert json.loads(result.out) == report  # converters print nothing on stdout

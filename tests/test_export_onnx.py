@@ -27,21 +27,9 @@ def test_export_matches_pytorch(cli, workdir, make_checkpoint, model, size, kwar
     ckpt = make_checkpoint(model, num_classes=10, **kwargs)
     extra = [a for k, v in kwargs.items() for a in ("--model-kwarg", f"{k}={v}")]
     result = cli(
-        "export",
-        "onnx",
-        model,
-        "--checkpoint",
-        ckpt,
-        "--num-classes",
-        10,
-        "--input-size",
-        3,
-        size,
-        size,
-        "-o",
-        "out/m.onnx",
-        *extra,
-    )
+        "export", "onnx", model, "--checkpoint", ckpt, "--num-classes", 10, "--input-size", 3,
+        size, size, "-o", "out/m.onnx", *extra,
+    )  # fmt: skip
     assert result.code == 0, result.err
     artifact = workdir / "out/m.onnx"
     report = result.report(artifact)
@@ -60,23 +48,9 @@ def test_export_matches_pytorch(cli, workdir, make_checkpoint, model, size, kwar
 def test_dynamic_batch_normalize_softmax(cli, workdir, make_checkpoint):
     ckpt = make_checkpoint("resnet18", num_classes=5)
     result = cli(
-        "export",
-        "onnx",
-        "resnet18",
-        "-c",
-        ckpt,
-        "--num-classes",
-        5,
-        "--input-size",
-        3,
-        48,
-        48,
-        "--dynamic-batch",
-        "--normalize",
-        "--softmax",
-        "-o",
-        "m.onnx",
-    )
+        "export", "onnx", "resnet18", "-c", ckpt, "--num-classes", 5, "--input-size", 3, 48, 48,
+        "--dynamic-batch", "--normalize", "--softmax", "-o", "m.onnx",
+    )  # fmt: skip
     assert result.code == 0, result.err
     report = result.report(workdir / "m.onnx")
     assert [c["batch_size"] for c in report["verification"]["checks"]] == [1, 3]
@@ -94,20 +68,9 @@ def test_dynamic_batch_normalize_softmax(cli, workdir, make_checkpoint):
 def test_reparameterizable_model_is_fused(cli, workdir, make_checkpoint):
     ckpt = make_checkpoint("repvgg_a0", num_classes=10)
     result = cli(
-        "export",
-        "onnx",
-        "repvgg_a0",
-        "-c",
-        ckpt,
-        "--num-classes",
-        10,
-        "--input-size",
-        3,
-        64,
-        64,
-        "-o",
-        "rep.onnx",
-    )
+        "export", "onnx", "repvgg_a0", "-c", ckpt, "--num-classes", 10, "--input-size", 3, 64, 64,
+        "-o", "rep.onnx",
+    )  # fmt: skip
     assert result.code == 0, result.err
     report = result.report(workdir / "rep.onnx")
     assert report["model"]["reparameterized"] is True

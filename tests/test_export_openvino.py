@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import reference_model
+from tests.conftest import reference_model, require
 from tests.test_errors import assert_refused
 from timmx.backends import get_backend
 
-if get_backend("openvino").missing_packages():
-    pytest.skip("the openvino backend is not installed here", allow_module_level=True)
+require("openvino")
 
 SIZE = 32
 

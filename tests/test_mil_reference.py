@@ -14,7 +14,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-ct = pytest.importorskip("coremltools")
+from tests.conftest import require
+
+ct = require("coremltools")
 
 from timmx.mil_reference import (  # noqa: E402
     EvaluationError,

@@ -39,23 +39,20 @@ def test_bad_timeout_is_refused(timeout):
     assert caught.value.message == f"--timeout must be at least 1 second, got {timeout}"
 
 
-def test_cli_refuses_bad_memory_in_one_line(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--memory", "lots"], "--memory takes a size like 8g or 512m (at least 64m), got 'lots'"),
+        (["--timeout", "0"], "--timeout must be at least 1 second, got 0"),
+    ],
+)
+def test_cli_refuses_a_bad_limit_in_one_line(tmp_path, monkeypatch, capsys, flags, message):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as caught:
-        main(["export", "onnx", "resnet18", "--isolated", "--memory", "lots"])
+        main(["export", "onnx", "resnet18", "--isolated", *flags])
     assert caught.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: --memory takes a size like 8g or 512m (at least 64m), got 'lots'"]
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
     assert list(tmp_path.iterdir()) == []
-
-
-def test_cli_refuses_a_zero_timeout_in_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as caught:
-        main(["export", "onnx", "resnet18", "--isolated", "--timeout", "0"])
-    assert caught.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: --timeout must be at least 1 second, got 0"]
 
 
 def test_api_refuses_bad_memory(tmp_path, monkeypatch):

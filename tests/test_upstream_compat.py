@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import assert_matches, reference_model
+from tests.conftest import assert_matches, reference_model, require_backend
 from tests.isolated.conftest import docker_client  # noqa: F401 - for the executorch cells
 from tests.test_calibration import write_images
 from tests.test_errors import assert_refused
@@ -300,11 +300,6 @@ def installed(name: str) -> bool:
     return not get_backend(name).missing_packages()
 
 
-def need_backend(name: str) -> None:
-    if not installed(name):
-        pytest.skip(f"the {name} backend is not installed here: pip install 'timmx[all]'")
-
-
 def _cell_param(cell: tuple[str, str, bool]):
     """ExecuTorch links its own torch, so its cells run in its image (`--isolated`) where this
     venv lacks it: they need Docker, as every isolated test does."""
@@ -422,8 +417,8 @@ def test_python_api_examples(upstream_dir):
     """0.10.1's Python API section, with a checkpoint for `pretrained=True`."""
     import timmx
 
-    need_backend("onnx")
-    need_backend("litert")
+    require_backend("onnx")
+    require_backend("litert")
     assert {"onnx", "litert", "executorch", "coreml"} <= set(timmx.backends())
     small = {"checkpoint": CHECKPOINT, "input_size": (3, SIZE, SIZE)}
     path = timmx.export_model("onnx", "resnet18", dynamic_batch=True, **small)
@@ -472,7 +467,7 @@ def test_litert_mean_std_preprocess_the_calibration_images(cli, upstream_dir):
     """Upstream's meaning of --mean/--std without --normalize: the calibration images are
     normalised with them, the graph is not. The same images, preprocessed here with those
     statistics and saved as a tensor, give the very same artifact."""
-    need_backend("litert")
+    require_backend("litert")
     import timm
     from PIL import Image
     from timm.data import create_transform, resolve_data_config
@@ -518,7 +513,7 @@ def test_litert_mean_std_preprocess_the_calibration_images(cli, upstream_dir):
     ],
 )
 def test_litert_calibration_flags_refused_where_they_mean_nothing(cli, upstream_dir, flags, needle):
-    need_backend("litert")
+    require_backend("litert")
     result = cli("export", "litert", "resnet18", "-c", CHECKPOINT, "--input-size", 3, SIZE,
                  SIZE, *flags)  # fmt: skip
     assert_refused(result, needle)
@@ -536,7 +531,7 @@ def _per_channel_weights(path: Path) -> int:
 
 
 def test_litert_per_channel(cli, upstream_dir):
-    need_backend("litert")
+    require_backend("litert")
     common = ("export", "litert", "resnet18", "-c", CHECKPOINT, "--input-size", 3, SIZE, SIZE,
               "--mode", "int8", "--calibration-data", "calibration.pt")  # fmt: skip
     assert cli(*common, "-o", "pc.tflite").code == 0
@@ -550,7 +545,7 @@ def test_litert_per_channel(cli, upstream_dir):
 
 
 def test_onnx_external_data_and_check(cli, upstream_dir):
-    need_backend("onnx")
+    require_backend("onnx")
     common = ("export", "onnx", "resnet18", "-c", CHECKPOINT, "--input-size", 3, SIZE, SIZE)
     result = cli(*common, "--external-data", "--no-check", "-o", "ext.onnx")
     assert result.code == 0, result.err
@@ -567,7 +562,7 @@ def test_onnx_external_data_and_check(cli, upstream_dir):
 def test_ncnn_upstream_folder_and_its_loader(cli, upstream_dir, monkeypatch):
     """upstream's `resnet18_ncnn/`: model.ncnn.param/.bin and pnnx's model_ncnn.py, which
     loads them from beside itself, wherever it is run from."""
-    need_backend("ncnn")
+    require_backend("ncnn")
     result = cli("export", "ncnn", "resnet18", "-c", CHECKPOINT, "--input-size", 3, SIZE, SIZE,
                  "--no-fp16", "--output", "./artifacts/resnet18_ncnn")  # fmt: skip
     assert result.code == 0, result.err
@@ -589,7 +584,7 @@ def test_ncnn_upstream_folder_and_its_loader(cli, upstream_dir, monkeypatch):
 
 def test_coreml_int4_is_upstreams_kmeans_palette(cli, upstream_dir):
     """0.10.1's --int4: 4-bit k-means palettization, iOS16; ours per-block is --int4-linear."""
-    need_backend("coreml")
+    require_backend("coreml")
     common = ("export", "coreml", "resnet18", "-c", CHECKPOINT, "--input-size", 3, SIZE, SIZE)
     result = cli(*common, "--int4", "-o", "k.mlpackage")
     assert result.code == 0, result.err
@@ -609,7 +604,7 @@ def test_coreml_int4_is_upstreams_kmeans_palette(cli, upstream_dir):
 
 
 def test_coreml_class_labels_is_labels(cli, upstream_dir):
-    need_backend("coreml")
+    require_backend("coreml")
     (upstream_dir / "ten.txt").write_text("\n".join(f"c{i}" for i in range(10)) + "\n")
     ckpt_args = ("--num-classes", 10, "--input-size", 3, SIZE, SIZE, "--softmax")
     result = cli("export", "coreml", "resnet18", *ckpt_args, "--class-labels", "ten.txt",
@@ -625,7 +620,7 @@ def test_default_outputs_are_named_and_kept_as_upstream_does(cli, upstream_dir):
 
     name = "hf-hub:timm/resnet50.a1_in1k"
     assert default_output(name, ".onnx") == Path("hf-hub_timm_resnet50.a1_in1k.onnx")
-    need_backend("torchscript")
+    require_backend("torchscript")
     args = ("export", "torchscript", "resnet18", "--input-size", 3, SIZE, SIZE)
     assert cli(*args).code == 0
     assert_refused(cli(*args), "resnet18.pt already exists", "--output")
@@ -633,7 +628,7 @@ def test_default_outputs_are_named_and_kept_as_upstream_does(cli, upstream_dir):
 
 
 def test_coreml_neuralnetwork_default_is_an_mlmodel(cli, upstream_dir):
-    need_backend("coreml")
+    require_backend("coreml")
     result = cli("export", "coreml", "resnet18", "--input-size", 3, SIZE, SIZE,
                  "--convert-to", "neuralnetwork", "--no-verify")  # fmt: skip
     assert result.code == 0, result.err

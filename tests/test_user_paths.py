@@ -35,17 +35,9 @@ def _run(backend: str, artifact: Path, x: np.ndarray) -> np.ndarray:
 
         return run_tflite(artifact, x)
     if backend == "ncnn":
-        from tests.test_export_ncnn import ncnn
-        from timmx.backends.ncnn import files_of
+        from tests.test_export_ncnn import run_ncnn
 
-        net = ncnn.Net()
-        net.opt.use_fp16_storage = net.opt.use_fp16_packed = net.opt.use_fp16_arithmetic = False
-        param, weights = files_of(artifact)
-        net.load_param(str(param))
-        net.load_model(str(weights))
-        extractor = net.create_extractor()
-        extractor.input("in0", ncnn.Mat(np.ascontiguousarray(x[0])))
-        return np.array(extractor.extract("out0")[1])[None]
+        return run_ncnn(artifact, x, fp16=False)
     if backend == "coreml":
         from tests.test_export_coreml import run_program
 

@@ -166,8 +166,10 @@ def test_check_paths_inside_refuses(path):
 
 @pytest.mark.parametrize("path", ["m.onnx", "out/m.onnx", "a/../m.onnx", "./m.onnx", "..m.onnx"])
 def test_check_paths_inside_accepts(path):
-    job = ExportJob.model_validate(_job(output=path, **{"model.checkpoint": path}))
-    check_paths_inside(job, path_options=["labels"])
+    job = ExportJob.model_validate(
+        _job("coreml", output=path, options={"labels": path}, **{"model.checkpoint": path})
+    )
+    check_paths_inside(job)
 
 
 def test_the_host_does_not_echo_the_workers_error_line(tmp_path):

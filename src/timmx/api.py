@@ -43,17 +43,15 @@ def job_and_runner(
     """Options (the CLI's flags by their Python names; the missing ones take their defaults)
     as an ExportJob, and the runner they ask for: the one path of the CLI and the API."""
     from timmx.options import build_job, with_defaults
-    from timmx.runners.base import select_runner
+    from timmx.runners.spec import DockerSpec, LocalSpec, open_runner
 
     values = with_defaults(backend, options)
-    runner = select_runner(
-        values["isolated"],
-        memory=values["memory"],
-        timeout_s=values["timeout"],
-        build=values["build"],
-        verbose=verbose,
+    spec = (
+        DockerSpec(memory=values["memory"], timeout_s=values["timeout"], build=values["build"])
+        if values["isolated"]
+        else LocalSpec(verbose=verbose)
     )
-    return build_job(backend, model, values), runner
+    return build_job(backend, model, values), open_runner(spec)
 
 
 def export_model(backend: str, model_name: str, /, **options: Any) -> Path:

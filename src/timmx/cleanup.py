@@ -166,7 +166,7 @@ def looks_like_staging(name: str) -> bool:
 
 
 def looks_like_exchange(name: str) -> bool:
-    """`.timmx-work-<8 random characters>`, as a build's ContainerPool names them."""
+    """`.timmx-work-<8 random characters>`, as a build's warm containers name them."""
     tail = name.removeprefix(EXCHANGE_PREFIX)
     return tail != name and len(tail) == _RANDOM_LEN and set(tail) <= _RANDOM_CHARS
 

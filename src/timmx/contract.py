@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Mapping
 from pathlib import PurePosixPath, PureWindowsPath
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -114,8 +114,22 @@ class VerifySpec(_Strict):
     seed: int = 0
 
 
-class ExportJob(_Strict):
+class _Document(_Strict):
+    """A job or result: one written under another schema version is refused as a whole."""
+
+    document: ClassVar[str]  # what the version error calls it
     schema_version: int = SCHEMA_VERSION
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_version(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            check_schema_version(data.get("schema_version", SCHEMA_VERSION), cls.document)
+        return data
+
+
+class ExportJob(_Document):
+    document = "job"
     backend: str
     model: ModelSpec
     input: InputSpec = Field(default_factory=InputSpec)
@@ -128,12 +142,57 @@ class ExportJob(_Strict):
     device: str = "cpu"
     verify: VerifySpec = Field(default_factory=VerifySpec)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _known_version(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            check_schema_version(data.get("schema_version", SCHEMA_VERSION), "job")
-        return data
+    def input_files(self) -> dict[str, str]:
+        """The files the job reads, by slot, workspace-relative as written: `checkpoint`,
+        `calibration` (a file or a folder), and `option-NAME` for each file-typed backend option
+        that is set. What is staged, hashed into the cache key, shipped and checked for
+        containment."""
+        from timmx.backends import get_backend  # here: the backends import this module
+
+        files: dict[str, str] = {}
+        if self.model.checkpoint:
+            files["checkpoint"] = self.model.checkpoint
+        if self.calibration is not None and self.calibration.path:
+            files["calibration"] = self.calibration.path
+        for name in get_backend(self.backend).file_options():
+            value = self.options.get(name)
+            if value is not None:
+                files[f"{OPTION_SLOT}{name}"] = str(value)
+        return files
+
+    def with_paths(self, paths: Mapping[str, str]) -> ExportJob:
+        """The same job with the files of `paths` (slots of `input_files()`, and `output`) at
+        the paths given; this job is left as it is."""
+        unknown = set(paths) - set(self.input_files()) - {"output"}
+        if unknown:
+            raise ValueError(f"the job has no file {', '.join(sorted(unknown))}")
+        update: dict[str, Any] = {}
+        if "output" in paths:
+            update["output"] = paths["output"]
+        if "checkpoint" in paths:
+            update["model"] = self.model.model_copy(update={"checkpoint": paths["checkpoint"]})
+        if "calibration" in paths and self.calibration is not None:
+            update["calibration"] = self.calibration.model_copy(
+                update={"path": paths["calibration"]}
+            )
+        options = {
+            slot.removeprefix(OPTION_SLOT): path
+            for slot, path in paths.items()
+            if slot.startswith(OPTION_SLOT)
+        }
+        if options:
+            update["options"] = {**self.options, **options}
+        return self.model_copy(update=update)
+
+
+OPTION_SLOT = "option-"  # the slot of a file-typed backend option: option-NAME
+
+
+def slot_field(slot: str) -> str:
+    """The job field a slot of `ExportJob.input_files()` (or `output`) is written in."""
+    if slot.startswith(OPTION_SLOT):
+        return f"options.{slot.removeprefix(OPTION_SLOT)}"
+    return {"checkpoint": "model.checkpoint", "calibration": "calibration.path"}.get(slot, slot)
 
 
 class ArtifactFile(_Strict):
@@ -198,8 +257,8 @@ class ErrorInfo(_Strict):
     message: str
 
 
-class ExportResult(_Strict):
-    schema_version: int = SCHEMA_VERSION
+class ExportResult(_Document):
+    document = "result"
     status: Literal["success", "failed"]
     job: ExportJob | None = None
     artifacts: list[ArtifactFile] = Field(default_factory=list)
@@ -209,13 +268,6 @@ class ExportResult(_Strict):
     timings: dict[str, float] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
     error: ErrorInfo | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_version(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            check_schema_version(data.get("schema_version", SCHEMA_VERSION), "result")
-        return data
 
 
 def check_schema_version(version: Any, what: str) -> None:
@@ -255,28 +307,23 @@ def parse_result(text: str) -> ExportResult:
     return _parse(ExportResult, text, "result")
 
 
-def check_paths_inside(job: ExportJob, what: str = "job", path_options: Iterable[str] = ()) -> None:
+def check_paths_inside(job: ExportJob, what: str = "job") -> None:
     """Refuse a job whose paths leave its folder: absolute, or climbing out with '..'.
 
     For a job that crossed a trust boundary (the worker's job.json): the in-process CLI takes
-    absolute paths on purpose. `path_options` names the backend options that are files. Pure
-    string logic: symlinks are not resolved, the folder's owner decides what lies in it."""
-    fields: list[tuple[str, Any]] = [
-        ("output", job.output),
-        ("model.checkpoint", job.model.checkpoint),
-    ]
-    if job.calibration is not None:
-        fields.append(("calibration.path", job.calibration.path))
-    fields += [(f"options.{name}", job.options.get(name)) for name in path_options]
-    for field, path in fields:
-        if isinstance(path, str) and _outside(path):
+    absolute paths on purpose. Pure string logic: symlinks are not resolved, the folder's owner
+    decides what lies in it."""
+    for slot, path in {"output": job.output, **job.input_files()}.items():
+        if leaves_folder(path):
             raise ContractError(
-                f"{what} field '{field}' must stay inside the {what} file's folder, got "
-                f"{path!r}: give a path relative to that folder that does not climb out with '..'"
+                f"{what} field '{slot_field(slot)}' must stay inside the {what} file's folder, "
+                f"got {path!r}: give a path relative to that folder that does not climb out "
+                "with '..'"
             )
 
 
-def _outside(path: str) -> bool:
+def leaves_folder(path: str) -> bool:
+    """A path that is not inside the folder it is relative to: absolute, or climbing out."""
     # '\\' and drive letters count too, so a job means the same when the worker runs on Windows.
     posix = path.replace("\\", "/")
     if posix.startswith("/") or PureWindowsPath(path).anchor:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+# Every error class by its `kind`, filled as each class that declares one is defined: an error
+# that crossed a process boundary as (kind, message) is rebuilt as its own class.
+ERROR_KINDS: dict[str, type[TimmxError]] = {}
+
 
 class TimmxError(Exception):
     """A failure the user can fix; the CLI prints `error: <message>` and exits with code 2."""
 
     kind = "error"
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            ERROR_KINDS[cls.kind] = cls
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -72,21 +81,7 @@ class ContractError(TimmxError):
     kind = "contract"
 
 
-ERROR_KINDS: dict[str, type[TimmxError]] = {
-    cls.kind: cls
-    for cls in (
-        TimmxError,
-        InvalidInputError,
-        ExportError,
-        ModelError,
-        CheckpointError,
-        ExportFailedError,
-        VerificationError,
-        BackendUnavailableError,
-        DockerError,
-        ContractError,
-    )
-}
+ERROR_KINDS[TimmxError.kind] = TimmxError
 
 
 def error_from_kind(kind: str, message: str) -> TimmxError:

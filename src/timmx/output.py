@@ -34,30 +34,32 @@ def check_output(path: Path, backend: Backend) -> None:
         raise InvalidInputError(
             f"--output {path} must end with {ends} for the {backend.name} backend"
         )
-    folder = backend.any_folder_name or path.suffix in _FOLDER_SUFFIXES
+    folder = backend.is_folder_artifact(path.name)
     if path.exists() and not path.is_symlink() and path.is_dir() != folder:
         raise InvalidInputError(f"--output {path} exists and is of another kind: remove it first")
     check_replaceable(path, backend)
     parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InvalidInputError(
-            f"cannot create the output folder {parent} ({exc.strerror}): choose another --output"
-        ) from None
+    create_output_folder(parent, "choose another --output")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InvalidInputError(
             f"cannot write to {parent} (permission denied): choose another --output"
         )
 
 
-_FOLDER_SUFFIXES = {".mlpackage", ".ncnn", ".aimodel"}
+def create_output_folder(folder: Path, fix: str) -> None:
+    """Create `folder` and its parents; where that fails, say so and what to do (`fix`)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInputError(
+            f"cannot create the output folder {folder} ({exc.strerror}): {fix}"
+        ) from None
 
 
 def is_folder_artifact(name: str, backend: Backend) -> bool:
     """Whether `backend`'s artifact named `name` is a folder (every file in it is the
-    artifact's) rather than a file."""
-    return backend.any_folder_name or Path(name).suffix in _FOLDER_SUFFIXES
+    artifact's) rather than a file: the backend declares it."""
+    return backend.is_folder_artifact(name)
 
 
 @contextmanager

@@ -16,19 +16,22 @@ import os
 import warnings
 from collections.abc import Iterator
 
-# Loggers of converters that log at INFO/WARNING while they work.
-_LOGGERS = (
-    "coremltools",
-    "torch.utils._pytree",
-    "torch._export",
-    "torch.export",
-    "torch.onnx",
-    "onnxscript",
-    "absl",
-)
-# Progress output that converters switch off through the environment (read at each call; tqdm
-# reads its own variables once at import, so its bars are caught with stderr instead).
-_ENVIRONMENT = {"LITERT_TORCH_SHOW_PROGRESS": "n"}
+# torch's own loggers that log while tracing: every converter traces with torch. Each
+# converter's own loggers and environment variables are declared on its backend
+# (`Backend.noisy_loggers`, `Backend.quiet_environment`).
+_TORCH_LOGGERS = ("torch.utils._pytree", "torch._export", "torch.export")
+
+
+def _declared() -> tuple[list[str], dict[str, str]]:
+    """Every backend's noisy loggers (torch's first) and quiet environment. The backends'
+    modules import only pydantic, so this loads no converter."""
+    from timmx.backends import all_backends
+
+    loggers, environment = list(_TORCH_LOGGERS), {}
+    for backend in all_backends():
+        loggers += [name for name in backend.noisy_loggers if name not in loggers]
+        environment.update(backend.quiet_environment)
+    return loggers, environment
 
 
 @contextlib.contextmanager
@@ -36,12 +39,15 @@ def converters_quiet(verbose: bool = False) -> Iterator[None]:
     if verbose:
         yield
         return
-    levels = {name: logging.getLogger(name).level for name in _LOGGERS}
-    previous_env = {name: os.environ.get(name) for name in _ENVIRONMENT}
+    loggers, environment = _declared()
+    levels = {name: logging.getLogger(name).level for name in loggers}
+    previous_env = {name: os.environ.get(name) for name in environment}
     try:
-        for name in _LOGGERS:
+        for name in loggers:
             logging.getLogger(name).setLevel(logging.ERROR)
-        os.environ.update(_ENVIRONMENT)
+        # Read at each call; tqdm reads its own variables once at import, so its bars are
+        # caught with stderr instead.
+        os.environ.update(environment)
         captured = io.StringIO()
         with (
             warnings.catch_warnings(),

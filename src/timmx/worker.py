@@ -20,7 +20,7 @@ from timmx.contract import ErrorInfo, ExportJob, ExportResult, check_paths_insid
 from timmx.environment import describe
 from timmx.errors import ContractError, InvalidInputError, TimmxError, first_line
 from timmx.output import write_text_atomic
-from timmx.runners.container_job import path_options  # the options the host mounts as files
+from timmx.runners.base import Runner
 from timmx.time_limit import start_watchdog, timed_out_message
 
 
@@ -49,11 +49,9 @@ def _export(job_path: Path) -> tuple[ExportResult, int]:
     try:
         job = _read_job(job_path)
         # The job may come from anyone: refuse paths outside its folder before touching a file.
-        check_paths_inside(job, path_options=path_options(job.backend))
-        from timmx.runners.local import LocalRunner
-
-        runner = LocalRunner(write_report=False, verbose=bool(os.environ.get("TIMMX_DEBUG")))
-        return runner.run(job, job_path.parent, progress=_progress), 0
+        check_paths_inside(job)
+        with _local_runner(write_report=False) as runner:
+            return runner.run(job, job_path.parent, progress=_progress), 0
     except TimmxError as exc:
         return _failed(exc.kind, exc.message), 2
     except Exception as exc:  # a bug: keep the traceback in the container's log
@@ -83,7 +81,7 @@ def _backend_named(job_path: Path) -> str:
 
 
 def _failed(kind: str, message: str) -> ExportResult:
-    return ExportResult(status="failed", error=ErrorInfo(kind=kind, message=message))
+    return ExportResult(status="failed", error=_error(kind, message))
 
 
 def _describe_error(error: ErrorInfo) -> str:
@@ -111,29 +109,26 @@ def _error_line(message: str, stream=None) -> None:
 
 
 def serve(workspace: Path, write_report: bool = True, host_paths: bool = False) -> int:
-    """A warm worker for `timmx build`: jobs as JSON lines on stdin, one at a time, each answered
-        by JSON lines (`progress`, then `result` or `error`; `"ending": true` when the worker ends
-    after it) on the original stdout. Anything else
-        printed (converters, native libraries) goes to stderr, off the protocol. It ends when stdin
-        does. `write_report=False`: the host writes the reports (a worker in a container).
+    """A warm worker for `timmx build`: jobs on stdin, one at a time, each answered on the
+    original stdout (`progress`, then `result` or `error`: `timmx.runners.protocol`). Anything
+    else printed (converters, native libraries) goes to stderr, off the protocol. It ends when
+    stdin does. `write_report=False`: the host writes the reports (a worker in a container).
     `host_paths`: the jobs come from this host's own timmx (a build's warm worker), so their
     paths may leave the workspace as the CLI's do (`[build] output = "../dist"`)."""
-    import json
+    from timmx.runners import protocol
 
-    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
-    from timmx.runners.local import LocalRunner
+    runner = _local_runner(write_report=write_report)
 
-    runner = LocalRunner(write_report=write_report, verbose=bool(os.environ.get("TIMMX_DEBUG")))
-
-    def send(message: dict) -> None:
-        protocol.write(json.dumps(message) + "\n")
+    def send(message: protocol.Message) -> None:
+        protocol.write_message(answers, message)
 
     current = {"backend": "?"}
 
     def expire(limit: int) -> None:  # the job ran past its limit: say so, and end
         message = timed_out_message(**current, limit=limit)
-        send({"error": {"kind": "export_failed", "message": message}, "ending": True})
+        send(protocol.ErrorMessage(error=_error("export_failed", message), ending=True))
         os._exit(2)
 
     try:
@@ -143,24 +138,40 @@ def serve(workspace: Path, write_report: bool = True, host_paths: bool = False) 
             current["backend"] = "?"
             watchdog = start_watchdog(expire)
             try:
-                job = ExportJob.model_validate(json.loads(line)["job"])
+                request = protocol.decode(line)
+                if not isinstance(request, protocol.JobMessage):
+                    raise ContractError("a worker takes job messages only")
+                job = request.job
                 current["backend"] = job.backend
                 if not host_paths:
-                    check_paths_inside(job, path_options=path_options(job.backend))
-                result = runner.run(job, workspace, lambda m: send({"progress": m}))
-                send({"result": json.loads(result.model_dump_json())})
+                    check_paths_inside(job)
+                result = runner.run(
+                    job, workspace, lambda m: send(protocol.ProgressMessage(progress=m))
+                )
+                send(protocol.ResultMessage(result=result))
             except TimmxError as exc:
-                send({"error": {"kind": exc.kind, "message": exc.message}})
+                send(protocol.ErrorMessage(error=_error(exc.kind, exc.message)))
             except Exception as exc:  # a bug: the traceback goes to the log, the build goes on
                 traceback.print_exc()
                 message = f"{type(exc).__name__}: {first_line(exc)}"
-                send({"error": {"kind": "internal", "message": message}})
+                send(protocol.ErrorMessage(error=_error("internal", message)))
             finally:
                 if watchdog is not None:
                     watchdog.cancel()
     except KeyboardInterrupt:  # the host stops the build: the job's staging is already gone
         return 130
     return 0
+
+
+def _local_runner(write_report: bool) -> Runner:
+    from timmx.runners.spec import LocalSpec, open_runner
+
+    verbose = bool(os.environ.get("TIMMX_DEBUG"))
+    return open_runner(LocalSpec(write_report=write_report, verbose=verbose))
+
+
+def _error(kind: str, message: str) -> ErrorInfo:
+    return ErrorInfo(kind=kind, message=message)
 
 
 def main(argv: list[str] | None = None) -> int:

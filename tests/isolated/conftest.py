@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import unavailable
 from tests.isolated.helpers import build_image, run_containers
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
@@ -34,9 +35,7 @@ def _engine_or_reason():
 def docker_client():
     client, reason = _engine_or_reason()
     if client is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI needs a Docker engine for tests/isolated: {reason}")
-        pytest.skip(f"no Docker engine: {reason}")
+        unavailable(f"tests/isolated need a Docker engine: {reason}")
     if not os.environ.get("TIMMX_BASE_IMAGE"):
         from docker.errors import ImageNotFound
 

@@ -57,10 +57,41 @@ def wait_for_container(client, proc: subprocess.Popen, timeout_s: float = 120):
     raise AssertionError("no export container appeared")
 
 
+def wait_until_gone(client, pid: int, timeout_s: float = 600) -> None:
+    """Until no export container of the CLI with `pid` is left; the bound is a hang guard."""
+    deadline = time.monotonic() + timeout_s
+    while containers_of(client, pid):
+        if time.monotonic() > deadline:
+            raise AssertionError("the orphaned container is still there")
+        time.sleep(0.5)
+
+
+def wait_for_log(container, needle: str, timeout_s: float = 600) -> None:
+    """Until the container's output holds `needle` (the worker got that far); the bound is
+    a hang guard only."""
+    deadline = time.monotonic() + timeout_s
+    while needle.encode() not in container.logs():
+        container.reload()
+        if container.status not in ("created", "running"):
+            raise AssertionError(f"the container ended before printing {needle!r}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the container never printed {needle!r}")
+        time.sleep(0.05)
+
+
+# The worker's first progress line: the job was read and the export has begun.
+EXPORT_STARTED = "Loading torch and timm"
+
+
 def interruptible() -> None:
     """In the child before exec: Ctrl-C as a terminal delivers it. A suite started in the
     background by a non-interactive shell ignores SIGINT, and a child would inherit that."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def run_command(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run a timmx command line to its end (a hang guard of 10 min), its output captured."""
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def spawn(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:

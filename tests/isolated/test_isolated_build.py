@@ -8,43 +8,21 @@ import numpy as np
 import pytest
 import torch
 
+from tests.builds import ONNX_AND_TORCH_EXPORT, build_file, write_project
 from tests.conftest import assert_matches, reference_model
 from tests.isolated.helpers import build_image
 from tests.test_export_onnx import run_onnx
 
 pytestmark = pytest.mark.isolated
 
-ISSUE_FILE = """
-[build]
-output = "dist"
-
-[defaults]
-input-size = [3, 224, 224]
-
-[[models]]
-name = "resnet18"
-checkpoint = "ckpt/resnet18.pth"
-num-classes = 10
-
-[[models]]
-name = "mobilenetv3_small_100"
-checkpoint = "ckpt/mnv3.pth"
-num-classes = 10
-input-size = [3, 160, 160]
-
-[[targets]]
-backend = "onnx"
-dynamic-batch = true
-
-[[targets]]
-backend = "torch-export"
-
-[[targets]]
-backend = "litert"
-mode = "int8"
-calibration-data = "calib.pt"
-isolated = true
-"""
+# The build issue's file: two models, two in-process targets and an isolated int8 one.
+ISSUE_FILE = build_file(
+    224,
+    sizes={"mobilenetv3_small_100": (160, 160)},
+    targets=ONNX_AND_TORCH_EXPORT
+    + '\n[[targets]]\nbackend = "litert"\nmode = "int8"\ncalibration-data = "calib.pt"\n'
+    + "isolated = true\n",
+)
 
 
 def test_the_issues_build_file_as_written(
@@ -53,13 +31,9 @@ def test_the_issues_build_file_as_written(
     from tests.test_export_litert import run_tflite
 
     build_image("litert")
-    (workdir / "ckpt").mkdir()
-    checkpoints = {"resnet18": "resnet18.pth", "mobilenetv3_small_100": "mnv3.pth"}
-    for model, file in checkpoints.items():
-        (workdir / "ckpt" / file).write_bytes(make_checkpoint(model, num_classes=10).read_bytes())
+    write_project(workdir, make_checkpoint, ISSUE_FILE)
     calib = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     torch.save(calib, workdir / "calib.pt")
-    (workdir / "timmx.toml").write_text(ISSUE_FILE)
 
     result = cli("build", "--jobs", 2)
     assert result.code == 0, result.err

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import assert_matches, reference_model
+from tests.conftest import assert_matches, reference_model, require
 from tests.isolated.helpers import build_image
 from tests.report_files import assert_report_lists_the_files
 
@@ -70,7 +70,7 @@ def test_isolated_dynamic_batch_read_back_here(
     assert_report_lists_the_files(artifact)
 
     # Read back and run here, apart from timmx: the asset's signature, a batch of 3 against timm.
-    pytest.importorskip("coreai.authoring")
+    require("coreai.authoring")
     from coreai.authoring import AIModelAsset
 
     summary = AIModelAsset.load(artifact).summary(include_statistics=False)

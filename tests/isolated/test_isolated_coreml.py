@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import assert_matches, reference_model
+from tests.conftest import assert_matches, reference_model, require
 from tests.isolated.helpers import build_image
 from tests.report_files import assert_report_lists_the_files
 
@@ -33,7 +33,7 @@ def _sha256(path: Path) -> str:
 def test_isolated_int8_matches_in_process(
     cli, workdir, make_checkpoint, coreml_image, no_leftovers
 ):
-    pytest.importorskip("coremltools")
+    require("coremltools")
     from timmx.mil_reference import Evaluator, load_program
 
     ckpt = make_checkpoint("resnet18", num_classes=10)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import assert_matches, reference_model
+from tests.conftest import assert_matches, reference_model, require
 from tests.isolated.helpers import build_image
 from tests.isolated.in_image import run_pte
 from tests.report_files import assert_report_lists_the_files
@@ -117,7 +117,7 @@ def test_executorch_portable_kernels(cli, workdir, make_checkpoint, executorch_i
 
 
 def test_ncnn_matches_pytorch(cli, workdir, make_checkpoint, ncnn_image, no_leftovers):
-    ncnn = pytest.importorskip("ncnn")
+    ncnn = require("ncnn")
     ckpt = make_checkpoint("resnet18", num_classes=10)
     result = cli(
         "export", "ncnn", "resnet18", "-c", ckpt, "--num-classes", 10, *SIZE, "--no-fp16",

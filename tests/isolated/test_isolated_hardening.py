@@ -7,19 +7,20 @@ import grp
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.isolated.helpers import (
+    EXPORT_STARTED,
     TIMMX,
-    containers_of,
+    run_command,
     run_containers,
     spawn,
     wait_for_container,
+    wait_for_log,
+    wait_until_gone,
 )
 
 pytestmark = pytest.mark.isolated
@@ -71,8 +72,7 @@ def test_container_is_hardened(tmp_path, docker_client, images, make_checkpoint,
 
 def test_ctrl_c_leaves_no_container_and_no_artifact(tmp_path, docker_client, images, no_leftovers):
     proc = spawn([*EXPORT, "--isolated"], tmp_path)
-    wait_for_container(docker_client, proc)
-    time.sleep(1.5)  # the worker is importing torch or exporting by now
+    wait_for_log(wait_for_container(docker_client, proc), EXPORT_STARTED)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
@@ -82,7 +82,7 @@ def test_ctrl_c_leaves_no_container_and_no_artifact(tmp_path, docker_client, ima
 def test_killed_container_is_one_line(tmp_path, docker_client, images, no_leftovers):
     proc = spawn([*EXPORT, "--isolated"], tmp_path)
     container = wait_for_container(docker_client, proc)
-    time.sleep(1.0)
+    wait_for_log(container, EXPORT_STARTED)
     container.kill()
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 2, stderr
@@ -97,11 +97,7 @@ def test_a_killed_cli_leaves_no_container(tmp_path, docker_client, images, no_le
     wait_for_container(docker_client, proc)
     proc.kill()
     proc.communicate(timeout=60)
-    deadline = time.monotonic() + 300
-    while containers_of(docker_client, proc.pid):
-        if time.monotonic() > deadline:  # a hang guard, not a timing
-            pytest.fail("the orphaned container is still there")
-        time.sleep(0.5)
+    wait_until_gone(docker_client, proc.pid)
     assert not (tmp_path / "out" / "m.onnx").exists()  # nobody published it
 
 
@@ -144,22 +140,8 @@ def _export_as(uid: int, gid: int, docker_gid: int, work: Path) -> None:
     os.chmod(work, 0o755)
     os.chown(work, uid, gid)
     env = {**os.environ, "HOME": str(work)}
-    done = subprocess.run(
-        [
-            "setpriv",
-            f"--reuid={uid}",
-            f"--regid={gid}",
-            f"--groups={docker_gid}",
-            *TIMMX,
-            *EXPORT,
-            "--isolated",
-        ],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", f"--groups={docker_gid}", *TIMMX]
+    done = run_command([*argv, *EXPORT, "--isolated"], work, env)
     assert done.returncode == 0, done.stderr
     for name in ("m.onnx", "m.onnx.json"):
         stat = (work / "out" / name).stat()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import reference_model
+from tests.conftest import reference_model, require
 from tests.isolated.helpers import build_image
 
 pytestmark = pytest.mark.isolated
@@ -23,17 +23,10 @@ def litert_image(docker_client) -> float:
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:
-    from ai_edge_litert.interpreter import Interpreter
+    require("ai_edge_litert", "comparing on the host needs ai-edge-litert here")
+    from tests.test_export_litert import run_tflite
 
-    interpreter = Interpreter(model_path=str(path))
-    interpreter.allocate_tensors()
-    (source,), (target,) = interpreter.get_input_details(), interpreter.get_output_details()
-    outputs = []
-    for sample in x:
-        interpreter.set_tensor(source["index"], sample[None].astype(np.float32))
-        interpreter.invoke()
-        outputs.append(interpreter.get_tensor(target["index"]))
-    return np.concatenate(outputs)
+    return run_tflite(path, x)
 
 
 def test_isolated_int8_calibrated_through_the_mount(
@@ -45,22 +38,9 @@ def test_isolated_int8_calibrated_through_the_mount(
     torch.save(torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(11)), calib)
     before = calib.read_bytes()
     result = cli(
-        "export",
-        "litert",
-        "resnet18",
-        "-c",
-        ckpt,
-        "--num-classes",
-        10,
-        *SIZE,
-        "--mode",
-        "int8",
-        "--calibration-data",
-        "calib/calib.pt",
-        "-o",
-        "iso/q.tflite",
-        "--isolated",
-    )
+        "export", "litert", "resnet18", "-c", ckpt, "--num-classes", 10, *SIZE, "--mode", "int8",
+        "--calibration-data", "calib/calib.pt", "-o", "iso/q.tflite", "--isolated",
+    )  # fmt: skip
     assert result.code == 0, result.err
 
     artifact = workdir / "iso" / "q.tflite"
@@ -85,18 +65,9 @@ def test_isolated_bad_calibration_names_the_host_path(cli, workdir, litert_image
     (workdir / "calib").mkdir()
     torch.save(torch.randn(4, 1, 32, 32), workdir / "calib" / "gray.pt")
     result = cli(
-        "export",
-        "litert",
-        "resnet18",
-        *SIZE,
-        "--mode",
-        "int8",
-        "--calibration-data",
-        "calib/gray.pt",
-        "-o",
-        "q.tflite",
-        "--isolated",
-    )
+        "export", "litert", "resnet18", *SIZE, "--mode", "int8", "--calibration-data",
+        "calib/gray.pt", "-o", "q.tflite", "--isolated",
+    )  # fmt: skip
     assert result.code == 2
     error = [line for line in result.err.splitlines() if line.startswith("error:")]
     assert len(error) == 1, result.err

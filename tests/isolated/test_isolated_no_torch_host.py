@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.isolated.helpers import run_command
+
 pytestmark = pytest.mark.isolated
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,28 +44,9 @@ def test_core_install_exports_in_the_image(
     work.mkdir()
     ckpt = make_checkpoint("resnet18")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    done = subprocess.run(
-        [
-            str(venv / "bin" / "timmx"),
-            "export",
-            "onnx",
-            "resnet18",
-            "-c",
-            str(ckpt),
-            "--input-size",
-            "3",
-            "64",
-            "64",
-            "-o",
-            "m.onnx",
-            "--isolated",
-        ],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    args = ["export", "onnx", "resnet18", "-c", str(ckpt), "--input-size", "3", "64", "64"]
+    argv = [str(venv / "bin" / "timmx"), *args, "-o", "m.onnx", "--isolated"]
+    done = run_command(argv, work, env)
     assert done.returncode == 0, done.stderr
     report = json.loads((work / "m.onnx.json").read_text())
     assert report["environment"]["runner"] == "docker"
@@ -104,7 +87,7 @@ def test_pretrained_isolated_offline_from_the_hosts_cache(
     env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=UNREACHABLE)
     args = [str(core_venv / "bin" / "timmx"), "export", "onnx", MODEL, "--pretrained"]
     args += ["--input-size", "3", "64", "64", "-o", "m.onnx", "--isolated"]
-    done = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    done = run_command(args, work, env)
     assert done.returncode == 0, done.stderr
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(9))
     with torch.inference_mode():
@@ -113,7 +96,7 @@ def test_pretrained_isolated_offline_from_the_hosts_cache(
 
     # Weights the cache does not have, with the hub out of reach: one line, nothing written.
     args[3] = "resnet18.a2_in1k"
-    done = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    done = run_command(args, work, env)
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "resnet18.a2_in1k" in errors[0], done.stderr

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import reference_model
+from tests.conftest import reference_model, require
 from tests.isolated.helpers import build_image
 from tests.report_files import assert_report_lists_the_files
 
@@ -23,14 +23,11 @@ def openvino_image(docker_client) -> float:
 
 
 def _run(path, x: np.ndarray) -> np.ndarray:
-    """The IR on this host's OpenVINO at INFERENCE_PRECISION_HINT f32, one sample at a time
-    (the IR's batch is fixed at 1)."""
-    pytest.importorskip("openvino", reason="comparing on the host needs openvino here")
-    from timmx.backends._openvino.convert import import_openvino
+    """The IR on this host's OpenVINO at INFERENCE_PRECISION_HINT f32."""
+    require("openvino", "comparing on the host needs openvino here")
+    from tests.test_export_openvino import run_ir
 
-    core = import_openvino().Core()
-    compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    return np.concatenate([np.array(compiled(x[i : i + 1])[0]) for i in range(len(x))])
+    return run_ir(path, x)
 
 
 def test_isolated_int8_matches_pytorch_on_the_host(
@@ -38,23 +35,9 @@ def test_isolated_int8_matches_pytorch_on_the_host(
 ):
     ckpt = make_checkpoint("resnet18", num_classes=10)
     result = cli(
-        "export",
-        "openvino",
-        "resnet18",
-        "-c",
-        ckpt,
-        "--num-classes",
-        10,
-        *SIZE,
-        "--mode",
-        "int8",
-        "--random-calibration",
-        "--calibration-steps",
-        8,
-        "-o",
-        "iso/q.xml",
-        "--isolated",
-    )
+        "export", "openvino", "resnet18", "-c", ckpt, "--num-classes", 10, *SIZE, "--mode",
+        "int8", "--random-calibration", "--calibration-steps", 8, "-o", "iso/q.xml", "--isolated",
+    )  # fmt: skip
     assert result.code == 0, result.err
 
     artifact = workdir / "iso" / "q.xml"

@@ -1,19 +1,23 @@
-"""What every backend with a calibrated (static int8) mode shares: the rule that only that mode
-takes calibration data, upstream's --mean/--std without --normalize, and the batches themselves.
+"""What every backend with a calibrated (static int8) mode shares, declared once: its options
+(`CalibratedOptions`, `per_channel_field`), its rules and their messages
+(`CalibratingBackend.check`: calibration data only for that mode, upstream's --mean/--std
+without --normalize only where an image folder is read, --no-per-channel only with int8
+weights), and the batches themselves.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 
+from timmx.backends.base import Backend, BackendOptions, ExportContext
 from timmx.contract import ExportJob
 from timmx.errors import InvalidInputError
 
-if TYPE_CHECKING:
-    from timmx.backends.base import ExportContext
+# The modes with int8 weights, the only ones whose weight scales --no-per-channel sets.
+INT8_WEIGHT_MODES = ("int8", "dynamic-int8")
 
 # --mean/--std without --normalize (upstream timmx's meaning on the backends that calibrate):
 # how an image folder is normalised for calibration. Set by the job builder from those flags,
@@ -29,6 +33,59 @@ CALIBRATION_STD = Field(
     description="--std without --normalize: as calibration_mean.",
     json_schema_extra={"flag": False},
 )
+
+
+def per_channel_field(note: str = "") -> Any:
+    """The --per-channel/--no-per-channel option; `note` adds what the backend does otherwise."""
+    return Field(
+        True,
+        description="int8 modes: weight scales per output channel (--no-per-channel: one per "
+        "tensor)." + note,
+    )
+
+
+class CalibratedOptions(BackendOptions):
+    """Options of a backend with a calibrated mode. Each backend declares its own `mode`."""
+
+    calibration_mean: tuple[float, ...] | None = CALIBRATION_MEAN
+    calibration_std: tuple[float, ...] | None = CALIBRATION_STD
+
+    @property
+    def resolved_mode(self) -> str:
+        """The mode the export runs in (a backend whose `mode` may be unset says how)."""
+        return self.mode  # type: ignore[attr-defined]
+
+
+class CalibratingBackend(Backend):
+    """A backend whose `calibrated_modes` read calibration data: the CLI adds the calibration
+    flags, and `check` applies the rules every such backend shares."""
+
+    Options: ClassVar[type[CalibratedOptions]] = CalibratedOptions
+    uses_calibration = True
+    calibrated_modes = ("int8",)
+
+    def check(self, job: ExportJob, options: CalibratedOptions) -> None:
+        mode = options.resolved_mode
+        check_calibration(job, mode, self.calibrated_modes)
+        check_calibration_stats(job, options, mode, self.calibrated_modes)
+        if not getattr(options, "per_channel", True) and mode not in INT8_WEIGHT_MODES:
+            raise InvalidInputError(
+                f"--no-per-channel sets int8 weight scales (--mode int8 or dynamic-int8), "
+                f"--mode {mode} has none: add one of those modes or drop it"
+            )
+
+    def calibration_batches(self, ctx: ExportContext, options: CalibratedOptions) -> list[Any]:
+        """The calibration batches, an image folder normalised as the options say."""
+        return calibration_batches(ctx, options.calibration_mean, options.calibration_std)
+
+
+def require_mode(flag: str, mode: str, wanted: str, reason: str) -> None:
+    """A flag that only means something in one mode: refused in any other, saying why."""
+    if mode != wanted:
+        raise InvalidInputError(
+            f"{flag} needs --mode {wanted} (--mode {mode} {reason}): add --mode {wanted} or "
+            f"drop {flag}"
+        )
 
 
 def check_calibration(job: ExportJob, mode: str, calibrated_modes: Iterable[str]) -> None:
@@ -49,28 +106,18 @@ def check_calibration(job: ExportJob, mode: str, calibrated_modes: Iterable[str]
         )
 
 
-def check_calibration_rules(
-    job: ExportJob, options: Any, calibrated_modes: tuple[str, ...]
-) -> None:
-    """Both rules of a backend whose `options.mode` may calibrate: calibration data exactly for
-    the calibrated modes, and --mean/--std without --normalize only where an image folder is
-    read."""
-    check_calibration(job, options.mode, calibrated_modes)
-    check_calibration_stats(job, options, calibrated_modes)
-
-
 def check_calibration_stats(
-    job: ExportJob, options: Any, calibrated_modes: tuple[str, ...]
+    job: ExportJob, options: CalibratedOptions, mode: str, calibrated_modes: tuple[str, ...]
 ) -> None:
     """--mean/--std without --normalize preprocess a calibration image folder: refused where
     nothing is read from one."""
     if options.calibration_mean is None and options.calibration_std is None:
         return
-    if options.mode not in calibrated_modes:
+    if mode not in calibrated_modes:
         modes = " or ".join(f"--mode {m}" for m in calibrated_modes)
         raise InvalidInputError(
             f"--mean/--std without --normalize set how calibration images are preprocessed "
-            f"({modes}), and --mode {options.mode} calibrates nothing: add --normalize to bake "
+            f"({modes}), and --mode {mode} calibrates nothing: add --normalize to bake "
             "them into the graph, or drop them"
         )
     if job.calibration is not None and job.calibration.random:

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -100,20 +100,40 @@ Runtime = Callable[["np.ndarray"], "np.ndarray"]
 
 
 class Backend(ABC):
+    """Everything about a backend is declared here, on its class: what its artifact is called
+    and whether it is a folder, what may be written beside it, the image it runs in, how its
+    converter is kept quiet, and how its artifact is verified. `output`, `quiet`, the CLI and
+    the build read these; none of them keeps a table of backends of its own."""
+
     name: ClassVar[str]
     help: ClassVar[str]
     suffix: ClassVar[str]  # the artifact's extension, e.g. ".onnx"
     other_suffixes: ClassVar[tuple[str, ...]] = ()  # further extensions --output may take
+    # Extensions (of `suffixes`) whose artifact is a folder, every file in it the artifact's.
+    folder_suffixes: ClassVar[tuple[str, ...]] = ()
     any_folder_name: ClassVar[bool] = False  # the artifact is a folder of any name (ncnn's)
-    toolchain: ClassVar[str]  # the image it runs in with --isolated
+    # Loggers of its converter that log at INFO/WARNING while it works, and environment
+    # variables that switch its progress output off; timmx.quiet silences them during a call.
+    noisy_loggers: ClassVar[tuple[str, ...]] = ()
+    quiet_environment: ClassVar[dict[str, str]] = {}
     requires: ClassVar[tuple[str, ...]]  # distributions that must be installed to run in-process
-    install_hint: ClassVar[str]
     Options: ClassVar[type[BackendOptions]] = BackendOptions
     runtime_name: ClassVar[str]  # what verification runs the artifact in
     # True: the CLI adds the shared calibration flags and fills ExportJob.calibration.
     uses_calibration: ClassVar[bool] = False
     # The values of the options' `mode` that read calibration data (empty: every mode does).
     calibrated_modes: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def toolchain(self) -> str:
+        """The image it runs in with --isolated, and the extra that installs it here: by
+        default both are named as the backend."""
+        return self.name
+
+    @property
+    def install_hint(self) -> str:
+        """How to install `requires` here."""
+        return f"pip install 'timmx[{self.toolchain}]'"
 
     def side_files(self, artifact_name: str) -> tuple[str, ...]:
         """Names of the files an export may write beside the artifact `artifact_name` (in the
@@ -130,6 +150,24 @@ class Backend(ABC):
     def suffixes(self) -> tuple[str, ...]:
         """Every extension the artifact may have; `suffix` (the default) first."""
         return (self.suffix, *self.other_suffixes)
+
+    @property
+    def folder_artifact(self) -> bool:
+        """Whether the default artifact (named with `suffix`) is a folder."""
+        return self.any_folder_name or self.suffix in self.folder_suffixes
+
+    def is_folder_artifact(self, name: str) -> bool:
+        """Whether the artifact named `name` is a folder rather than a file."""
+        return self.any_folder_name or Path(name).suffix in self.folder_suffixes
+
+    def file_options(self) -> tuple[str, ...]:
+        """The options that name input files, declared by their type (`Path`): the job lists
+        them among its input files (`ExportJob.input_files`)."""
+        return tuple(
+            name
+            for name, info in self.Options.model_fields.items()
+            if info.annotation is Path or Path in get_args(info.annotation)
+        )
 
     def default_suffix(self, options: Any) -> str:
         """What the default output name (the model's name) ends with; `suffix` unless the

@@ -26,9 +26,8 @@ class CoreAIBackend(Backend):
     name = "coreai"
     help = "Apple Core AI asset (.aimodel), verified in coreai.runtime."
     suffix = SUFFIX
-    toolchain = "coreai"
+    folder_suffixes = (SUFFIX,)
     requires = ("torch", "timm", "coreai-torch")
-    install_hint = "pip install 'timmx[coreai]'"
     Options = BackendOptions
     runtime_name = "coreai.runtime"
 

@@ -119,9 +119,9 @@ class CoremlBackend(Backend):
     help = "Core ML (.mlpackage / .mlmodel), verified by evaluating the saved program."
     suffix = ".mlpackage"
     other_suffixes = (".mlmodel",)
-    toolchain = "coreml"
+    folder_suffixes = (".mlpackage",)
+    noisy_loggers = ("coremltools",)
     requires = ("torch", "timm", "coremltools")
-    install_hint = "pip install 'timmx[coreml]'"
     Options = CoremlOptions
 
     @property

@@ -16,21 +16,13 @@ from pydantic import Field
 
 from timmx.backends import register
 from timmx.backends._calibrated import (
-    CALIBRATION_MEAN,
-    CALIBRATION_STD,
+    CalibratedOptions,
+    CalibratingBackend,
     calibration_batches,
-    check_calibration_rules,
+    per_channel_field,
 )
 from timmx.backends._pt2 import batch_dim, pt2e_quantize, require_batch_of_two
-from timmx.backends.base import (
-    FP32,
-    INT8,
-    Backend,
-    BackendOptions,
-    ExportContext,
-    Runtime,
-    Tolerance,
-)
+from timmx.backends.base import FP32, INT8, ExportContext, Runtime, Tolerance
 from timmx.contract import ExportJob
 from timmx.errors import BackendUnavailableError, InvalidInputError
 
@@ -39,7 +31,7 @@ _BOOKKEEPING = {"executorch_call_delegate", "getitem", "<built-in function getit
 APPLE_ONLY = ("coreml", "mlx")
 
 
-class ExecuTorchOptions(BackendOptions):
+class ExecuTorchOptions(CalibratedOptions):
     delegate: Literal["xnnpack", "portable", "coreml", "mlx"] = Field(
         "xnnpack",
         description="xnnpack (fast CPU kernels), portable (reference kernels, slow), coreml "
@@ -55,43 +47,29 @@ class ExecuTorchOptions(BackendOptions):
     compute_precision: Literal["float16", "float32"] | None = Field(
         None, description="--delegate coreml: compute precision (Core ML's default float16)."
     )
-    per_channel: bool = Field(
-        True,
-        description="int8 modes: weight scales per output channel (--no-per-channel: one per "
-        "tensor).",
-    )
+    per_channel: bool = per_channel_field()
     batch_upper_bound: int | None = Field(
         None,
         ge=1,
         description="Largest batch a --dynamic-batch program accepts (ExecuTorch plans memory "
         "for it; verified there); default: torch.export's bound.",
     )
-    calibration_mean: tuple[float, ...] | None = CALIBRATION_MEAN
-    calibration_std: tuple[float, ...] | None = CALIBRATION_STD
 
 
 @register
-class ExecuTorchBackend(Backend):
+class ExecuTorchBackend(CalibratingBackend):
     name = "executorch"
     help = "ExecuTorch program (.pte), XNNPACK by default, verified in the ExecuTorch runtime."
     suffix = ".pte"
-    toolchain = "executorch"
     requires = ("torch", "timm", "executorch")
     install_hint = "pip install executorch (it needs its own exact torch release)"
     Options = ExecuTorchOptions
     runtime_name = "executorch.runtime"
-    uses_calibration = True
-    calibrated_modes = ("int8",)
 
     def check(self, job: ExportJob, options: ExecuTorchOptions) -> None:
         require_batch_of_two(job, self.name)
         check_delegate(job, options)
-        check_calibration_rules(job, options, self.calibrated_modes)
-        if not options.per_channel and options.mode == "fp32":
-            raise InvalidInputError(
-                "--no-per-channel sets int8 weight scales (--mode int8 or dynamic-int8), "
-                "--mode fp32 has none: add one of those modes or drop it"
-            )
+        super().check(job, options)
         upper = options.batch_upper_bound
         if upper is not None:
             if not job.input.dynamic_batch:

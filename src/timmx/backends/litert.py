@@ -4,26 +4,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from timmx.backends import register
 from timmx.backends._calibrated import (
-    CALIBRATION_MEAN,
-    CALIBRATION_STD,
-    calibration_batches,
-    check_calibration_rules,
+    CalibratedOptions,
+    CalibratingBackend,
+    per_channel_field,
+    require_mode,
 )
-from timmx.backends.base import (
-    FP32,
-    INT8,
-    Backend,
-    BackendOptions,
-    ExportContext,
-    Runtime,
-    Tolerance,
-)
+from timmx.backends.base import FP32, INT8, ExportContext, Runtime, Tolerance
 from timmx.contract import ExportJob
 from timmx.errors import ExportFailedError, InvalidInputError
 
@@ -39,7 +31,7 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
-class LiteRTOptions(BackendOptions):
+class LiteRTOptions(CalibratedOptions):
     mode: Literal["fp32", "fp16", "dynamic-int8", "int8"] = Field(
         "fp32",
         description="Precision: fp32; fp16 weights; dynamic-int8 (int8 weights, activations "
@@ -53,40 +45,25 @@ class LiteRTOptions(BackendOptions):
         description="With --mode int8: int8 model inputs and outputs (quantized with the "
         "tensors' own scale and zero point) instead of float32.",
     )
-    per_channel: bool = Field(
-        True,
-        description="int8 modes: weight scales per output channel (--no-per-channel: one per "
-        "tensor).",
-    )
-    calibration_mean: tuple[float, ...] | None = CALIBRATION_MEAN
-    calibration_std: tuple[float, ...] | None = CALIBRATION_STD
+    per_channel: bool = per_channel_field()
 
 
 @register
-class LiteRTBackend(Backend):
+class LiteRTBackend(CalibratingBackend):
     name = "litert"
     help = "LiteRT / TFLite flatbuffer (.tflite), fp32 to full int8, verified in LiteRT."
     suffix = ".tflite"
-    toolchain = "litert"
+    noisy_loggers = ("absl",)
+    # litert-torch's progress bars (read at each call, unlike tqdm's own variables).
+    quiet_environment: ClassVar[dict[str, str]] = {"LITERT_TORCH_SHOW_PROGRESS": "n"}
     requires = ("torch", "timm", "litert-torch", "ai-edge-litert")
-    install_hint = "pip install 'timmx[litert]'"
     Options = LiteRTOptions
     runtime_name = "ai-edge-litert interpreter"
-    uses_calibration = True
-    calibrated_modes = ("int8",)
 
     def check(self, job: ExportJob, options: LiteRTOptions) -> None:
-        check_calibration_rules(job, options, self.calibrated_modes)
-        if not options.per_channel and options.mode not in ("int8", "dynamic-int8"):
-            raise InvalidInputError(
-                f"--no-per-channel sets int8 weight scales (--mode int8 or dynamic-int8), "
-                f"--mode {options.mode} has none: add one of those modes or drop it"
-            )
-        if options.int8_io and options.mode != "int8":
-            raise InvalidInputError(
-                f"--int8-io needs --mode int8 (--mode {options.mode} has float inputs): "
-                "add --mode int8 or drop --int8-io"
-            )
+        super().check(job, options)
+        if options.int8_io:
+            require_mode("--int8-io", options.mode, "int8", "has float inputs")
         pre = job.preprocess
         baked = [f for f, on in (("--normalize", pre.normalize), ("--softmax", pre.softmax)) if on]
         if options.int8_io and baked:
@@ -110,7 +87,7 @@ class LiteRTBackend(Backend):
         model, example = ctx.model.cpu().eval(), ctx.example_input.cpu()
         batches = None
         if options.mode == "int8":  # validated before anything is converted
-            batches = calibration_batches(ctx, options.calibration_mean, options.calibration_std)
+            batches = self.calibration_batches(ctx, options)
         if options.nhwc_input:
             from litert_torch import to_channel_last_io
 

@@ -43,10 +43,9 @@ class NcnnBackend(Backend):
     name = "ncnn"
     help = "ncnn model (a folder with .param and .bin) via pnnx, verified in ncnn."
     suffix = ".ncnn"
+    folder_suffixes = (".ncnn",)
     any_folder_name = True  # `resnet18_ncnn/`, as upstream timmx names it, or NAME.ncnn
-    toolchain = "ncnn"
     requires = ("torch", "timm", "pnnx", "ncnn")
-    install_hint = "pip install 'timmx[ncnn]'"
     Options = NcnnOptions
     runtime_name = "ncnn"
 

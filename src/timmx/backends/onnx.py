@@ -11,22 +11,13 @@ from pydantic import Field
 
 from timmx.backends import register
 from timmx.backends._calibrated import (
-    CALIBRATION_MEAN,
-    CALIBRATION_STD,
-    calibration_batches,
-    check_calibration_rules,
+    CalibratedOptions,
+    CalibratingBackend,
+    per_channel_field,
+    require_mode,
 )
 from timmx.backends._pt2 import dynamic_batch_shapes
-from timmx.backends.base import (
-    FP16,
-    FP32,
-    INT8,
-    Backend,
-    BackendOptions,
-    ExportContext,
-    Runtime,
-    Tolerance,
-)
+from timmx.backends.base import FP16, FP32, INT8, ExportContext, Runtime, Tolerance
 from timmx.contract import ExportJob
 from timmx.errors import ExportFailedError, InvalidInputError, first_line
 
@@ -51,7 +42,7 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
-class OnnxOptions(BackendOptions):
+class OnnxOptions(CalibratedOptions):
     opset: int = Field(18, ge=7, le=23, description="ONNX opset version.")
     exporter: Literal["dynamo", "torchscript"] = Field(
         "dynamo", description="torch.onnx exporter: dynamo (torch.export based) or torchscript."
@@ -73,44 +64,29 @@ class OnnxOptions(BackendOptions):
         False,
         description="With --mode fp16: float16 model inputs and outputs instead of float32.",
     )
-    per_channel: bool = Field(
-        True,
-        description="int8 modes: weight scales per output channel (--no-per-channel: one per "
-        "tensor). dynamic-int8 scales convolutions per tensor either way (onnxruntime's dynamic "
-        "quantization); the report counts each kind.",
+    per_channel: bool = per_channel_field(
+        " dynamic-int8 scales convolutions per tensor either way (onnxruntime's dynamic "
+        "quantization); the report counts each kind."
     )
-    calibration_mean: tuple[float, ...] | None = CALIBRATION_MEAN
-    calibration_std: tuple[float, ...] | None = CALIBRATION_STD
 
 
 @register
-class OnnxBackend(Backend):
+class OnnxBackend(CalibratingBackend):
     name = "onnx"
     help = "ONNX model (.onnx), fp32 to int8, verified in onnxruntime."
     suffix = ".onnx"
-    toolchain = "onnx"
+    noisy_loggers = ("torch.onnx", "onnxscript")
     requires = ("torch", "timm", "onnx", "onnxscript", "onnxslim", "onnxruntime")
-    install_hint = "pip install 'timmx[onnx]'"
     Options = OnnxOptions
     runtime_name = "onnxruntime"
-    uses_calibration = True
-    calibrated_modes = ("int8",)
 
     def side_files(self, artifact_name: str) -> tuple[str, ...]:
         return (artifact_name + ".data",)  # external weights (--external-data, over 2 GB)
 
     def check(self, job: ExportJob, options: OnnxOptions) -> None:
-        check_calibration_rules(job, options, self.calibrated_modes)
-        if options.fp16_io and options.mode != "fp16":
-            raise InvalidInputError(
-                f"--fp16-io needs --mode fp16 (--mode {options.mode} has no float16 inputs): "
-                "add --mode fp16 or drop --fp16-io"
-            )
-        if not options.per_channel and options.mode not in ("int8", "dynamic-int8"):
-            raise InvalidInputError(
-                f"--no-per-channel sets int8 weight scales (--mode int8 or dynamic-int8), "
-                f"--mode {options.mode} has none: add one of those modes or drop it"
-            )
+        super().check(job, options)
+        if options.fp16_io:
+            require_mode("--fp16-io", options.mode, "fp16", "has no float16 inputs")
         if options.mode in ("int8", "dynamic-int8") and options.opset < 11:
             raise InvalidInputError(
                 f"--mode {options.mode} needs --opset 11 or later (onnxruntime's quantized ops), "
@@ -137,7 +113,7 @@ class OnnxBackend(Backend):
 
         batches = None
         if options.mode == "int8":  # validated before anything is exported
-            batches = calibration_batches(ctx, options.calibration_mean, options.calibration_std)
+            batches = self.calibration_batches(ctx, options)
         model, x = ctx.model.cpu(), ctx.example_input.cpu()
         dynamic = ctx.job.input.dynamic_batch
         kwargs: dict = {"opset_version": options.opset, "input_names": ["input"]}

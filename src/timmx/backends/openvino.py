@@ -16,21 +16,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from timmx.backends import register
-from timmx.backends._calibrated import (
-    CALIBRATION_MEAN,
-    CALIBRATION_STD,
-    calibration_batches,
-    check_calibration_rules,
-)
-from timmx.backends.base import (
-    FP32,
-    INT8,
-    Backend,
-    BackendOptions,
-    ExportContext,
-    Runtime,
-    Tolerance,
-)
+from timmx.backends._calibrated import CalibratedOptions, CalibratingBackend
+from timmx.backends.base import FP32, INT8, ExportContext, Runtime, Tolerance
 from timmx.contract import ExportJob
 from timmx.errors import ExportFailedError, InvalidInputError, first_line
 
@@ -53,7 +40,7 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
-class OpenVINOOptions(BackendOptions):
+class OpenVINOOptions(CalibratedOptions):
     mode: Mode | None = Field(
         None,
         description="Precision: fp32; fp16 (the default: weights stored as fp16); int8 "
@@ -63,8 +50,6 @@ class OpenVINOOptions(BackendOptions):
         None,
         description="Upstream timmx's flag: --fp16 is --mode fp16, --no-fp16 is --mode fp32.",
     )
-    calibration_mean: tuple[float, ...] | None = CALIBRATION_MEAN
-    calibration_std: tuple[float, ...] | None = CALIBRATION_STD
 
     @property
     def resolved_mode(self) -> str:
@@ -77,17 +62,13 @@ class OpenVINOOptions(BackendOptions):
 
 
 @register
-class OpenVINOBackend(Backend):
+class OpenVINOBackend(CalibratingBackend):
     name = "openvino"
     help = "OpenVINO IR (.xml + .bin), fp32, fp16 weights or NNCF int8, verified in OpenVINO."
     suffix = ".xml"
-    toolchain = "openvino"
     requires = ("torch", "timm", "openvino", "nncf")
-    install_hint = "pip install 'timmx[openvino]'"
     Options = OpenVINOOptions
     runtime_name = "OpenVINO CPU (INFERENCE_PRECISION_HINT f32)"
-    uses_calibration = True
-    calibrated_modes = ("int8",)
 
     def owns_existing(self, path: Path) -> bool:
         """An IR's .xml (its root element is `<net>`), not any XML file such as a pom.xml."""
@@ -109,8 +90,7 @@ class OpenVINOBackend(Backend):
                     f"{flag} (upstream timmx's flag) means --mode {implied}, which contradicts "
                     f"--mode {options.mode}: give only one"
                 )
-        resolved = options.model_copy(update={"mode": options.resolved_mode})
-        check_calibration_rules(job, resolved, self.calibrated_modes)
+        super().check(job, options)
 
     def tolerance(self, options: OpenVINOOptions) -> Tolerance:
         return TOLERANCES[options.resolved_mode]
@@ -136,7 +116,7 @@ class OpenVINOBackend(Backend):
         mode = options.resolved_mode
         batches = None
         if mode == "int8":  # validated before anything is converted
-            batches = calibration_batches(ctx, options.calibration_mean, options.calibration_std)
+            batches = self.calibration_batches(ctx, options)
         model, example = ctx.model.cpu().eval(), ctx.example_input.cpu()
         ov_model = convert.convert(model, example, ctx.job.input.dynamic_batch)
         if batches is not None:

@@ -8,7 +8,8 @@ from pydantic import Field
 
 from timmx.backends import register
 from timmx.backends._pt2 import dynamic_batch_shapes, require_batch_of_two
-from timmx.backends.base import Backend, BackendOptions, ExportContext, Runtime
+from timmx.backends._torch import TorchBackend, torch_runtime
+from timmx.backends.base import BackendOptions, ExportContext, Runtime
 from timmx.contract import ExportJob
 
 
@@ -17,13 +18,10 @@ class TorchExportOptions(BackendOptions):
 
 
 @register
-class TorchExportBackend(Backend):
+class TorchExportBackend(TorchBackend):
     name = "torch-export"
     help = "torch.export ExportedProgram (.pt2), verified with torch.export.load."
     suffix = ".pt2"
-    toolchain = "torch"
-    requires = ("torch", "timm")
-    install_hint = "pip install 'timmx[torch]'"
     Options = TorchExportOptions
     runtime_name = "torch.export.load"
 
@@ -43,15 +41,8 @@ class TorchExportBackend(Backend):
         return [ctx.artifact]
 
     def load_runtime(self, artifact: Path, options: TorchExportOptions) -> Runtime:
-        import numpy as np
         import torch
 
         module = torch.export.load(artifact).module()
-        device = next(iter(module.buffers()), None)
-        device = device.device if device is not None else torch.device("cpu")
-
-        def run(x: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return module(torch.from_numpy(x).to(device)).float().cpu().numpy()
-
-        return run
+        buffer = next(iter(module.buffers()), None)
+        return torch_runtime(module, buffer.device if buffer is not None else "cpu")

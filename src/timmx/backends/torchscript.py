@@ -8,7 +8,8 @@ from typing import Literal
 from pydantic import Field
 
 from timmx.backends import register
-from timmx.backends.base import Backend, BackendOptions, ExportContext, Runtime
+from timmx.backends._torch import TorchBackend, torch_runtime
+from timmx.backends.base import BackendOptions, ExportContext, Runtime
 from timmx.errors import ExportFailedError, first_line
 
 
@@ -19,13 +20,10 @@ class TorchScriptOptions(BackendOptions):
 
 
 @register
-class TorchScriptBackend(Backend):
+class TorchScriptBackend(TorchBackend):
     name = "torchscript"
     help = "TorchScript module (.pt), verified with torch.jit.load."
     suffix = ".pt"
-    toolchain = "torch"
-    requires = ("torch", "timm")
-    install_hint = "pip install 'timmx[torch]'"
     Options = TorchScriptOptions
     runtime_name = "torch.jit.load"
 
@@ -47,13 +45,6 @@ class TorchScriptBackend(Backend):
         return [ctx.artifact]
 
     def load_runtime(self, artifact: Path, options: TorchScriptOptions) -> Runtime:
-        import numpy as np
         import torch
 
-        module = torch.jit.load(str(artifact), map_location="cpu")
-
-        def run(x: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return module(torch.from_numpy(x)).float().numpy()
-
-        return run
+        return torch_runtime(torch.jit.load(str(artifact), map_location="cpu"))

@@ -32,14 +32,8 @@ def job_key(planned: PlannedJob, root: Path) -> str:
 
 
 def input_paths(planned: PlannedJob) -> list[str]:
-    from timmx.runners.container_job import path_options
-
-    job = planned.job
-    paths = [job.model.checkpoint]
-    if job.calibration is not None:
-        paths.append(job.calibration.path)
-    paths += [job.options.get(name) for name in path_options(job.backend)]
-    return sorted({p for p in paths if p})
+    """Every file the job reads, once each, sorted."""
+    return sorted(set(planned.job.input_files().values()))
 
 
 def _input_hash(path: Path) -> str:

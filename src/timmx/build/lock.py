@@ -16,6 +16,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from timmx.errors import InvalidInputError
+from timmx.output import create_output_folder
 
 LOCK_NAME = ".timmx-build.lock"
 
@@ -26,12 +27,7 @@ def build_lock(output: Path) -> Iterator[Path]:
     another build holding it is an InvalidInputError. A folder it created stays only if the
     block wrote something into it."""
     created = not output.exists()
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InvalidInputError(
-            f"cannot create the output folder {output} ({exc.strerror}): fix [build] output"
-        ) from None
+    create_output_folder(output, "fix [build] output")
     path = output / LOCK_NAME
     fd = _acquire(path, output)
     try:

@@ -17,29 +17,47 @@ images_app = typer.Typer(
     help="Build, list and remove the pinned backend images.", no_args_is_help=True
 )
 
-NAMES = typer.Argument(
-    help="Toolchains (images/<name>/); all of them when absent.", show_default=False
-)
-BASE = typer.Option(
-    "--base-image",
-    help="Base image (default: $TIMMX_BASE_IMAGE, else python:3.11-slim-bookworm).",
-    show_default=False,
-)
-TORCH_INDEX = typer.Option(
-    "--torch-index-url",
-    help="Index torch comes from (default: $TIMMX_TORCH_INDEX_URL, else the PyTorch CPU index).",
-    show_default=False,
-)
-TORCH_WHEELS = typer.Option(
-    "--torch-wheels",
-    help="A local folder of torch/torchvision wheels (default: $TIMMX_TORCH_WHEELS).",
-    show_default=False,
-)
-REGISTRY = typer.Option(
-    "--registry",
-    help="Registry prefix, e.g. ghcr.io/team: pull prebuilt images (default: $TIMMX_REGISTRY).",
-    show_default=False,
-)
+# The parameters several commands share, declared once. Their defaults come from the
+# environment when unset, so no default is shown.
+Names = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Toolchains (images/<name>/); all of them when absent.", show_default=False
+    ),
+]
+BaseImage = Annotated[
+    str | None,
+    typer.Option(
+        "--base-image",
+        help="Base image (default: $TIMMX_BASE_IMAGE, else python:3.11-slim-bookworm).",
+        show_default=False,
+    ),
+]
+TorchIndex = Annotated[
+    str | None,
+    typer.Option(
+        "--torch-index-url",
+        help="Index torch comes from (default: $TIMMX_TORCH_INDEX_URL, else the PyTorch CPU "
+        "index).",
+        show_default=False,
+    ),
+]
+TorchWheels = Annotated[
+    Path | None,
+    typer.Option(
+        "--torch-wheels",
+        help="A local folder of torch/torchvision wheels (default: $TIMMX_TORCH_WHEELS).",
+        show_default=False,
+    ),
+]
+Registry = Annotated[
+    str | None,
+    typer.Option(
+        "--registry",
+        help="Registry prefix, e.g. ghcr.io/team: pull prebuilt images (default: $TIMMX_REGISTRY).",
+        show_default=False,
+    ),
+]
 
 
 def _settings(base_image, torch_index_url, torch_wheels, registry):
@@ -54,11 +72,11 @@ def _gb(size: int | None) -> str:
 
 @images_app.command("build")
 def build(
-    names: Annotated[list[str] | None, NAMES] = None,
-    base_image: Annotated[str | None, BASE] = None,
-    torch_index_url: Annotated[str | None, TORCH_INDEX] = None,
-    torch_wheels: Annotated[Path | None, TORCH_WHEELS] = None,
-    registry: Annotated[str | None, REGISTRY] = None,
+    names: Names = None,
+    base_image: BaseImage = None,
+    torch_index_url: TorchIndex = None,
+    torch_wheels: TorchWheels = None,
+    registry: Registry = None,
     rebuild: Annotated[
         bool, typer.Option("--rebuild", help="Build even when the image is present.")
     ] = False,
@@ -153,10 +171,10 @@ def push(
             show_default=False,
         ),
     ] = None,
-    registry: Annotated[str | None, REGISTRY] = None,
-    base_image: Annotated[str | None, BASE] = None,
-    torch_index_url: Annotated[str | None, TORCH_INDEX] = None,
-    torch_wheels: Annotated[Path | None, TORCH_WHEELS] = None,
+    registry: Registry = None,
+    base_image: BaseImage = None,
+    torch_index_url: TorchIndex = None,
+    torch_wheels: TorchWheels = None,
 ) -> None:
     """Push the present images to a registry and print each one's digest: builds then record
     it, and `timmx build --locked` elsewhere pulls exactly those images by it."""
@@ -180,11 +198,11 @@ def push(
 
 @images_app.command("pull")
 def pull(
-    names: Annotated[list[str] | None, NAMES] = None,
-    registry: Annotated[str | None, REGISTRY] = None,
-    base_image: Annotated[str | None, BASE] = None,
-    torch_index_url: Annotated[str | None, TORCH_INDEX] = None,
-    torch_wheels: Annotated[Path | None, TORCH_WHEELS] = None,
+    names: Names = None,
+    registry: Registry = None,
+    base_image: BaseImage = None,
+    torch_index_url: TorchIndex = None,
+    torch_wheels: TorchWheels = None,
 ) -> None:
     """Pull this timmx's images from a registry (instead of building them); present ones are
     left alone."""
@@ -216,11 +234,11 @@ def pull(
 
 @images_app.command("list")
 def list_images(
-    names: Annotated[list[str] | None, NAMES] = None,
-    base_image: Annotated[str | None, BASE] = None,
-    torch_index_url: Annotated[str | None, TORCH_INDEX] = None,
-    torch_wheels: Annotated[Path | None, TORCH_WHEELS] = None,
-    registry: Annotated[str | None, REGISTRY] = None,
+    names: Names = None,
+    base_image: BaseImage = None,
+    torch_index_url: TorchIndex = None,
+    torch_wheels: TorchWheels = None,
+    registry: Registry = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Each toolchain's image: name, tag, size, and present / missing / stale."""
@@ -257,9 +275,9 @@ def list_images(
 
 @images_app.command("rm")
 def remove(
-    names: Annotated[list[str] | None, NAMES] = None,
+    names: Names = None,
     stale: Annotated[bool, typer.Option("--stale", help="Only the stale images.")] = False,
-    registry: Annotated[str | None, REGISTRY] = None,
+    registry: Registry = None,
 ) -> None:
     """Remove the toolchains' images (present and stale), or only the stale ones."""
     from timmx.images.engine import connect

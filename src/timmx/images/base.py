@@ -11,10 +11,10 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from timmx.errors import DockerError, InvalidInputError, first_line
+from timmx.runners.base import Progress
 
 DEFAULT_TAG = "timmx-base:bookworm"
 SUITE = "bookworm"
@@ -22,8 +22,6 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 PACKAGES = ("python3", "python3-venv", "ca-certificates")
 CA_PATH = "/etc/ssl/certs/ca-certificates.crt"
 PATH = "/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-Progress = Callable[[str], None]
 
 
 def debian_mirror(root: Path = Path("/"), suite: str = SUITE) -> str:

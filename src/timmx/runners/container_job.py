@@ -11,10 +11,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
 
-from timmx.backends import get_backend
-from timmx.contract import ExportJob
+from timmx.contract import OPTION_SLOT, ExportJob
 from timmx.errors import CheckpointError, InvalidInputError
 from timmx.output import write_text_atomic
 
@@ -51,41 +49,27 @@ def stage_job(job: ExportJob, workspace: Path, staging: Path, artifact_name: str
 def rewrite_job(job: ExportJob, mount: Callable[[str, str], str], output: str) -> ExportJob:
     """The job as a container sees it: `output` for its artifact, and each input file (its
     checkpoint, calibration data, file-typed options) at the path `mount(path, slot)` gives."""
-    update: dict[str, Any] = {"output": output}
-    if job.model.checkpoint:
-        inside = mount(job.model.checkpoint, "checkpoint")
-        update["model"] = job.model.model_copy(update={"checkpoint": inside})
-    if job.calibration is not None and job.calibration.path:
-        inside = mount(job.calibration.path, "calibration")
-        update["calibration"] = job.calibration.model_copy(update={"path": inside})
-    file_options = {}
-    for name in path_options(job.backend):
-        value = job.options.get(name)
-        if value is not None:
-            file_options[name] = mount(value, f"option-{name}")
-    if file_options:
-        update["options"] = {**job.options, **file_options}
-    return job.model_copy(update=update)
+    moved = {slot: mount(path, slot) for slot, path in job.input_files().items()}
+    return job.with_paths({**moved, "output": output})
 
 
 def check_input_files(job: ExportJob, workspace: Path) -> None:
     """The job's input files exist: refused here, with the host's paths, before they are sent
     anywhere (a container's mount, a Ray node)."""
-    if job.model.checkpoint:
-        path = workspace / job.model.checkpoint
-        if not path.exists():
+    for slot, relative in job.input_files().items():
+        path = workspace / relative
+        if slot == "checkpoint" and not path.exists():
             raise CheckpointError(f"checkpoint not found: {path}")
-        if not path.is_file():
+        if slot == "checkpoint" and not path.is_file():
             raise CheckpointError(f"checkpoint is not a file: {path}")
-    if job.calibration is not None and job.calibration.path:
-        path = workspace / job.calibration.path
         if not path.exists():
-            raise InvalidInputError(f"calibration data not found: {path}")
-    for name in path_options(job.backend):
-        value = job.options.get(name)
-        if value is not None and not (workspace / value).exists():
-            flag = "--" + name.replace("_", "-")
-            raise InvalidInputError(f"{flag} file not found: {workspace / value}")
+            what = "calibration data" if slot == "calibration" else f"{_flag(slot)} file"
+            raise InvalidInputError(f"{what} not found: {path}")
+
+
+def _flag(slot: str) -> str:
+    """`--class-labels` for the slot `option-class_labels`."""
+    return "--" + slot.removeprefix(OPTION_SLOT).replace("_", "-")
 
 
 def _mount_input(mounts: Mounts, workspace: Path, relative: str, slot: str) -> str:
@@ -95,16 +79,6 @@ def _mount_input(mounts: Mounts, workspace: Path, relative: str, slot: str) -> s
     mounts.binds.append((host, f"{JOB_DIR}/{inside}", True))
     mounts.renames[inside] = str(workspace / relative)
     return inside
-
-
-def path_options(backend_name: str) -> list[str]:
-    """The backend's options that name input files (typed Path): they are mounted too."""
-    fields = get_backend(backend_name).Options.model_fields
-    return [
-        name
-        for name, info in fields.items()
-        if info.annotation is Path or Path in get_args(info.annotation)
-    ]
 
 
 def _mount_caches(mounts: Mounts) -> None:

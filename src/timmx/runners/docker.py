@@ -23,12 +23,19 @@ from typing import Any, Protocol
 
 from timmx import cleanup
 from timmx.contract import ExportJob, ExportResult
-from timmx.errors import DockerError, InvalidInputError, ModelError, first_line
+from timmx.errors import DockerError, ModelError, first_line
 from timmx.images.engine import connect
 from timmx.images.find import ensure_image
 from timmx.images.identity import BuildSettings
 from timmx.output import staging_folder
-from timmx.runners.base import Progress, check_job, memory_bytes, no_progress, save_report
+from timmx.runners.base import (
+    NothingWarm,
+    Progress,
+    check_job,
+    check_limits,
+    no_progress,
+    save_report,
+)
 from timmx.runners.container_job import JOB_DIR, Mounts, cache_binds, stage_job
 from timmx.runners.container_result import accept_result, read_result
 from timmx.time_limit import TIME_LIMIT_ENV, timed_out_message
@@ -36,7 +43,6 @@ from timmx.time_limit import TIME_LIMIT_ENV, timed_out_message
 RUN_LABEL = cleanup.RUN_LABEL  # on every export container, so none can hide
 EXIT_SIGKILL = 137
 GRACE_S = 5  # past the job's time limit, for the worker to say so itself
-_MIN_MEMORY = 64 * 1024**2  # a floor for typos like 8m: importing torch alone needs more
 
 
 class Limits(Protocol):
@@ -45,7 +51,7 @@ class Limits(Protocol):
     pids_limit: int
 
 
-class DockerRunner:
+class DockerRunner(NothingWarm):
     def __init__(
         self,
         memory: str = "8g",
@@ -288,16 +294,6 @@ def bind_mounts(binds: list[tuple[Path, str, bool]]) -> list[Any]:
         Mount(target=target, source=str(host), type="bind", read_only=read_only)
         for host, target, read_only in binds
     ]
-
-
-def check_limits(memory: str, timeout_s: int) -> None:
-    size = memory_bytes(memory)
-    if size is None or size < _MIN_MEMORY:
-        raise InvalidInputError(
-            f"--memory takes a size like 8g or 512m (at least 64m), got {memory!r}"
-        )
-    if not isinstance(timeout_s, int) or isinstance(timeout_s, bool) or timeout_s < 1:
-        raise InvalidInputError(f"--timeout must be at least 1 second, got {timeout_s!r}")
 
 
 def no_result(

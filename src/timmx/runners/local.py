@@ -16,13 +16,13 @@ from timmx.errors import ExportFailedError, TimmxError, VerificationError, first
 from timmx.output import describe_files, publish, staging_folder
 from timmx.ownership import check_replaceable
 from timmx.quiet import converters_quiet, fewer_collections
-from timmx.runners.base import Progress, check_job, no_progress, save_report
+from timmx.runners.base import NothingWarm, Progress, check_job, no_progress, save_report
 
 if TYPE_CHECKING:
     from timmx.modeling import PreparedModel
 
 
-class LocalRunner:
+class LocalRunner(NothingWarm):
     """Exports in this process; needs the backend's packages installed here.
 
     `write_report=False` leaves the report to the caller (the worker in a container returns the

@@ -37,31 +37,19 @@ def convert(
         edge = litert_torch.convert(
             model, (example,), quant_config=quant_recipes.full_fp16_recipe()
         )
-    else:
+    else:  # PT2E with litert-torch's quantizer: static ranges from `calibration`, or dynamic
+        from litert_torch.quantize import pt2e_quantizer
+        from litert_torch.quantize.quant_config import QuantConfig
+
+        from timmx.backends._pt2 import pt2e_quantize
+
         static = mode == "int8"
-        module, quant_config = _pt2e(model, example, static, calibration or [], per_channel)
+        scheme = pt2e_quantizer.get_symmetric_quantization_config(
+            is_per_channel=per_channel, is_dynamic=not static
+        )
+        quantizer = pt2e_quantizer.PT2EQuantizer().set_global(scheme)
+        batches = (calibration or []) if static else [example]
+        module = pt2e_quantize(model, example, quantizer, batches, fold_quantize=False)
+        quant_config = QuantConfig(pt2e_quantizer=quantizer)
         edge = litert_torch.convert(module, (example,), quant_config=quant_config)
     return bytes(edge.model_content())
-
-
-def _pt2e(
-    model: nn.Module,
-    example: torch.Tensor,
-    static: bool,
-    batches: list[torch.Tensor],
-    per_channel: bool = True,
-):
-    """PT2E with litert-torch's quantizer: static ranges from `batches`, or dynamic."""
-    from litert_torch.quantize import pt2e_quantizer
-    from litert_torch.quantize.quant_config import QuantConfig
-
-    from timmx.backends._pt2 import pt2e_quantize
-
-    scheme = pt2e_quantizer.get_symmetric_quantization_config(
-        is_per_channel=per_channel, is_dynamic=not static
-    )
-    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(scheme)
-    quantized = pt2e_quantize(
-        model, example, quantizer, batches if static else [example], fold_quantize=False
-    )
-    return quantized, QuantConfig(pt2e_quantizer=quantizer)
