@@ -2,10 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch and torchvision must be a matching pair; CPU builds come from the PyTorch CPU index.
+# torch and torchvision must be a matching pair; CPU builds come from the PyTorch CPU index when
+# it answers (probed as .ci/run does), else from PyPI. TORCH_INDEX_URL= (empty) skips the probe.
 TORCH_VERSION ?= 2.14.1
 TORCHVISION_VERSION ?= 0.29.1
-TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+TORCH_INDEX_URL ?= probe
 
 .PHONY: setup test test-fast test-isolated lint format base-image images bench clean
 
@@ -14,7 +16,16 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade "pip>=25.1"
-	$(BIN)/pip install -q $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL)) \
+	@index='$(TORCH_INDEX_URL)'; \
+	if [ "$$index" = probe ]; then \
+		if curl -sf --max-time 10 -o /dev/null $(TORCH_CPU_INDEX)/torch/; then \
+			index=$(TORCH_CPU_INDEX); \
+		else \
+			index=; echo "the PyTorch CPU index is out of reach: torch and torchvision from PyPI"; \
+		fi; \
+	fi; \
+	echo "pip install torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)$${index:+ (index $$index)}"; \
+	$(BIN)/pip install -q $${index:+--extra-index-url $$index} \
 		torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
 	$(BIN)/pip install -q -e ".[all,ray]" --group dev
 	touch $@

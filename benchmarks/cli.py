@@ -43,16 +43,21 @@ def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
     return seconds
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3, help="runs of each command (median)")
+def peer_arguments(description: str, runs: int) -> argparse.Namespace:
+    """--runs and --peer-dir, the arguments of every side-by-side benchmark with the peer."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--runs", type=int, default=runs, help="runs of each command (median)")
     parser.add_argument(
         "--peer-dir",
         type=Path,
         default=Path(tempfile.gettempdir()) / "timmx-peer-0.10.1",
         help="where the peer is (installed there when missing)",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = peer_arguments(__doc__.splitlines()[0], runs=3)
     peer_dir = ensure_peer(args.peer_dir)
     python = [sys.executable, "-m", "timmx"]
     ours_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -64,21 +64,32 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]):
-    """Run `timmx ARGS...` in this process; returns exit code and captured output."""
+def cli_runner(capture: pytest.CaptureFixture[str]):
+    """`run(*ARGS)`: `timmx ARGS...` in this process; its exit code and captured output."""
 
     def run(*args: str) -> CliResult:
-        capsys.readouterr()
+        capture.readouterr()
         try:
             main([str(a) for a in args])
             code = 0
         except SystemExit as exc:
             code = int(exc.code or 0)
-        captured = capsys.readouterr()
+        captured = capture.readouterr()
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):
+    """Run `timmx ARGS...` in this process; returns exit code and captured output."""
+    return cli_runner(capsys)
+
+
+@pytest.fixture
+def cli_fd(capfd: pytest.CaptureFixture[str]):
+    """As `cli`, captured at the file descriptors: what native libraries print from C++ too."""
+    return cli_runner(capfd)
 
 
 def randomize_norms(model) -> None:

@@ -132,9 +132,10 @@ def test_the_reports_timings_add_up(workdir, make_checkpoint):
     timings = dict(result.timings)
     total = timings.pop("total_s")
     assert {"import_s", "model_s", "export_s", "verify_s", "report_s"} <= set(timings)
-    unaccounted = total - sum(timings.values())
-    # Only bookkeeping between the phases is left out (checks, staging folder): a few ms.
-    assert 0 <= unaccounted <= 0.05 * total + 0.05, timings
+    # The phases are disjoint parts of the whole: each took time, and together no more than it
+    # (the bookkeeping between them is the rest). No measured figure stands in for this.
+    assert all(seconds > 0 for seconds in timings.values()), timings
+    assert sum(timings.values()) <= total, timings
 
 
 def test_a_second_backend_of_the_same_name_is_refused():

@@ -99,6 +99,15 @@ def test_a_lock_left_by_a_killed_build_does_not_block_the_next(cli, project):
     assert not (dist / LOCK_NAME).exists()
 
 
+def test_a_file_of_the_locks_name_that_timmx_did_not_write_is_kept(cli, project):
+    dist = project / "dist"
+    dist.mkdir()
+    (dist / LOCK_NAME).write_text("my notes\n")
+    assert_refused(cli("build"), f"{dist / LOCK_NAME} is not a timmx build lock", "move it away")
+    assert (dist / LOCK_NAME).read_text() == "my notes\n"  # neither rewritten nor removed
+    assert not (dist / "resnet18").exists()
+
+
 def test_a_build_refused_under_the_lock_leaves_no_output_folder(cli, project):
     # --locked with no manifest yet: refused after the lock is taken (the manifest is read
     # under it), before anything is written.

@@ -113,6 +113,7 @@ def running_timmx_task(node) -> bool:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds tasks through /proc")
 def test_a_node_lost_mid_build_is_survived(cli, project, monkeypatch):
+    monkeypatch.setenv("TIMMX_CACHE_DIR", str(project.parent / "timmx-cache"))  # Ray's log file
     with cluster(monkeypatch, head_cpus=0, workers=2) as (nodes, workers):
         answer = {}
         build = threading.Thread(
@@ -130,6 +131,11 @@ def test_a_node_lost_mid_build_is_survived(cli, project, monkeypatch):
     result = answer["result"]
     assert result.code == 0, result.err + result.out
     check_artifacts(project)
+    # One line for the lost node (issue 24), none of Ray's own log lines or colours.
+    said = result.err + result.out
+    lost = [line for line in said.splitlines() if "lost:" in line]
+    assert len(lost) == 1 and "retried on other nodes" in lost[0], said
+    assert "[state-dump]" not in said and "\x1b[" not in said, said
 
 
 def test_an_unreachable_address_is_one_line_in_seconds(cli, project):

@@ -28,7 +28,7 @@ from timmx.cleanup import (
     process_start,
     run_id,
 )
-from timmx.output import staging_folder
+from timmx.publish import staging_folder
 from timmx.runners.docker import RUN_LABEL
 
 IMAGE = "timmx-base:bookworm"
@@ -37,7 +37,7 @@ IMAGE = "timmx-base:bookworm"
 HOLDER = """
 import sys, time
 from pathlib import Path
-from timmx.output import staging_folder
+from timmx.publish import staging_folder
 with staging_folder(Path(sys.argv[1])) as folder:
     print(folder, flush=True)
     time.sleep(600)

@@ -8,6 +8,7 @@ artifact; a `mode`-like option value with no case fails `test_every_declared_mod
 Bounds go by precision: fp32 tight, fp16 looser, int8 a relative bound and a top-1 agreement,
 4-bit weights a loose bound; the quantized modes must also differ from fp32 (quantized for real).
 
+Each export's report must list its files as they are (sizes and sha256 recomputed here).
 A folder artifact through `timmx build`, its manifest and `--check` (an altered file, a missing
 one) is tests/test_build_gate.py's (ncnn); Ray's file shipping is tests/test_build_ray.py's.
 """
@@ -25,6 +26,7 @@ import torch
 
 from tests.conftest import reference_model, require
 from tests.isolated.conftest import docker_client  # noqa: F401 - for the ExecuTorch cases
+from tests.report_files import assert_report_lists_the_files
 from tests.test_calibration import write_images
 from timmx.backends import all_backends, get_backend
 
@@ -88,6 +90,11 @@ CASES: dict[str, dict[str, Case]] = {
         "fp32": Case(("--no-fp16",)),
         "fp16": Case(("--fp16",), "fp16"),
     },
+    "mnn": {
+        "fp32": Case(),
+        "fp16": Case(("--mode", "fp16"), "fp16"),
+        "int8": Case(("--mode", "int8"), "int8"),
+    },
     "executorch": {
         "xnnpack-fp32": Case(("--delegate", "xnnpack", "--mode", "fp32"), isolated=True),
         "portable-fp32": Case(("--delegate", "portable"), isolated=True),
@@ -129,7 +136,7 @@ def _litert(artifact: Path, x: np.ndarray, case: Case) -> np.ndarray:
     require("ai_edge_litert")
     from tests.test_export_litert import run_tflite
 
-    return run_tflite(artifact, x)
+    return run_tflite(artifact, x, nhwc="--nhwc-input" in case.flags)
 
 
 def _openvino(artifact: Path, x: np.ndarray, case: Case) -> np.ndarray:
@@ -152,6 +159,13 @@ def _ncnn(artifact: Path, x: np.ndarray, case: Case) -> np.ndarray:
 
     fp16 = "--fp16" in case.flags
     return np.concatenate([run_ncnn(artifact, s[None], fp16) for s in x])
+
+
+def _mnn(artifact: Path, x: np.ndarray, case: Case) -> np.ndarray:
+    require("MNN")
+    from tests.test_export_mnn import run_mnn
+
+    return np.concatenate([run_mnn(artifact, s[None]) for s in x])
 
 
 def _coreai(artifact: Path, x: np.ndarray, case: Case) -> np.ndarray:
@@ -183,6 +197,7 @@ RUNNERS: dict[str, Callable[[Path, np.ndarray, Case], np.ndarray]] = {
     "openvino": _openvino,
     "coreml": _coreml,
     "ncnn": _ncnn,
+    "mnn": _mnn,
     "coreai": _coreai,
     "executorch": _executorch,
     "torch-export": _one_by_one(_torch_export),
@@ -244,13 +259,19 @@ def test_backend_matches_timm(cli, workdir, make_checkpoint, calibration, reques
         "--input-size", 3, H, W, *flags, "-o", artifact,
     )  # fmt: skip
     assert result.code == 0, result.err
+    report = assert_report_lists_the_files(artifact)  # sizes and sha256 recomputed here
+    if artifact.is_dir():
+        assert len(report["artifacts"]) >= 2  # every member, not the folder
     x = inputs(case)
     with torch.no_grad():
         expected = reference_model(MODEL, ckpt, num_classes=CLASSES)(x).numpy()
 
     actual = np.asarray(runner(artifact, x.numpy(), case), dtype=np.float32)
 
-    bound = BOUNDS[case.precision]
+    assert_within(actual, expected, BOUNDS[case.precision])
+
+
+def assert_within(actual: np.ndarray, expected: np.ndarray, bound: Bound) -> None:
     assert actual.shape == expected.shape
     rel = float(np.abs(actual - expected).max() / np.abs(expected).max())
     assert rel <= bound.rel, f"max abs error {rel:.3g} of the output's scale, over {bound.rel}"

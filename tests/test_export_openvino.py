@@ -255,7 +255,7 @@ def test_refusals_are_one_line_and_leave_nothing(cli, workdir, flags, needles):
 
 
 def test_upstream_fp16_flags_map_to_modes():
-    from timmx.options import build_job, with_defaults
+    from timmx.job_builder import build_job, with_defaults
 
     backend = get_backend("openvino")
     for given, mode in (({}, "fp16"), ({"fp16": False}, "fp32"), ({"fp16": True}, "fp16")):

@@ -172,6 +172,9 @@ def test_check_paths_inside_accepts(path):
     check_paths_inside(job)
 
 
+ERROR_LINE = b"error: job file not found: /job/job.json\n"
+
+
 def test_the_host_does_not_echo_the_workers_error_line(tmp_path):
     """The worker's `error:` line names /job paths; the host says it again with its own."""
     from timmx.runners.container_job import Mounts
@@ -184,8 +187,12 @@ def test_the_host_does_not_echo_the_workers_error_line(tmp_path):
             self.attrs = {"State": {"OOMKilled": False}}
 
         def start(self): ...
-        def logs(self, **kwargs):
-            return iter([b"Exporting to onnx...\nerror: job file not found: /job/job.json\n"])
+        def logs(self, **kwargs):  # the worker's steps on stdout, the rest on stderr
+            if kwargs.get("stdout") is False:
+                return iter([b"I0000 converter.cc:1] C++ log\n", ERROR_LINE])
+            if kwargs.get("stderr") is True:  # --debug: both streams
+                raise AssertionError("stderr streamed without --debug")
+            return iter([b"Exporting to onnx...\n"])
 
         def wait(self):
             return {"StatusCode": 2}
@@ -213,11 +220,12 @@ def test_the_host_does_not_echo_the_workers_error_line(tmp_path):
 
     shown: list[str] = []
     mounts = Mounts(job=ExportJob.model_validate(_job()))
-    code, _, _, tail = DockerRunner()._run_container(
+    code, _, _, tail, other = DockerRunner()._run_container(
         Client(), "img", mounts, tmp_path, shown.append
     )
-    assert code == 2 and shown == ["Exporting to onnx..."]
+    assert code == 2 and shown == ["Exporting to onnx..."]  # no converter log line either
     assert tail[-1] == "error: job file not found: /job/job.json"  # kept for a missing result
+    assert other[0] == "I0000 converter.cc:1] C++ log"  # for the log file (keep_log)
 
 
 def _worker_with_limit(args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess[str]:

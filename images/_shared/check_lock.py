@@ -2,7 +2,8 @@
 
     python check_lock.py LOCK_DIR
 
-Every `*.lock` and `*.constraints` file in LOCK_DIR counts; pip and the venv's own tools aside.
+Every `*.lock` and `*.constraints` file in LOCK_DIR counts (`name==version`, with or without
+`--hash=` options); pip and the venv's own tools aside.
 A local version label (2.14.1+cpu) matches its pin (2.14.1).
 """
 
@@ -20,12 +21,15 @@ def canonical(name: str) -> str:
 
 def pins(folder: Path) -> dict[str, str]:
     found = {}
-    for path in sorted([*folder.glob("*.lock"), *folder.glob("*.constraints")]):
+    paths = sorted([*folder.glob("*.lock"), *folder.glob("*.constraints")])
+    # the toolchain's lock last: a pin of its own overrides a lower layer's (a toolchain variant
+    # on another toolchain's torch layer reinstalls what it needs otherwise, e.g. typing-extensions)
+    for path in sorted(paths, key=lambda path: path.name == "toolchain.lock"):
         for line in path.read_text().splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line:
+            line = line.split("#", 1)[0].strip().rstrip("\\").strip()
+            if line and not line.startswith("-"):  # `--hash=...` continues the pin above
                 name, _, version = line.partition("==")
-                found[canonical(name)] = version.strip()
+                found[canonical(name)] = version.split()[0] if version.strip() else ""
     return found
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "TimmxError",
     "__version__",
     "backends",
+    "bench",
     "export",
     "export_model",
 ]
@@ -38,8 +39,9 @@ def __getattr__(name: str) -> Any:
         from timmx import api
 
         return getattr(api, name)
-    if name == "backends":  # the subpackage, callable: `timmx.backends()` lists the names
+    # Subpackages, callable: `timmx.backends()` lists the names, `timmx.bench(...)` benches.
+    if name in ("backends", "bench"):
         import importlib
 
-        return importlib.import_module("timmx.backends")
+        return importlib.import_module(f"timmx.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -42,7 +42,7 @@ def job_and_runner(
 ) -> tuple[ExportJob, Runner]:
     """Options (the CLI's flags by their Python names; the missing ones take their defaults)
     as an ExportJob, and the runner they ask for: the one path of the CLI and the API."""
-    from timmx.options import build_job, with_defaults
+    from timmx.job_builder import build_job, with_defaults
     from timmx.runners.spec import DockerSpec, LocalSpec, open_runner
 
     values = with_defaults(backend, options)

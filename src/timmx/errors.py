@@ -90,6 +90,21 @@ def error_from_kind(kind: str, message: str) -> TimmxError:
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message, for one-line errors."""
-    lines = str(exc).strip().splitlines()
-    return lines[0][:limit] if lines else type(exc).__name__
+    """The first line of an exception's message, for one-line errors: a line longer than
+    `limit` ends at its last whole sentence within it, else at a whole word with "...", never
+    mid-word (the whole text is in the traceback, under --debug)."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return shorten(lines[0].strip(), limit) if lines else type(exc).__name__
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters at a sentence end, else at a word boundary."""
+    if len(text) <= limit:
+        return text
+    head = text[: limit + 1]
+    sentence = max(head.rfind(". "), head.rfind("; "), head.rfind(": "))
+    if sentence >= limit // 2:
+        return head[:sentence].rstrip(".;: ")
+    space = head[:limit].rfind(" ")
+    word = head[:space] if space > 0 else head[: limit - 3]
+    return word.rstrip(",;:(- ") + "..."

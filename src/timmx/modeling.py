@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import difflib
 import logging
+import pickle
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlparse
 
 import timm
@@ -16,7 +18,7 @@ import torch
 from torch import nn
 
 from timmx.checkpoint import apply_state_dict, load_state_dict
-from timmx.contract import ExportJob, ModelSummary
+from timmx.contract import ExportJob, ModelSpec, ModelSummary
 from timmx.errors import InvalidInputError, ModelError, first_line
 
 
@@ -79,16 +81,23 @@ def create_model(job: ExportJob, workspace: Path) -> nn.Module:
             model = timm.create_model(spec.name, pretrained=spec.pretrained, **kwargs)
     except TypeError as exc:
         raise ModelError(f"{spec.name} does not accept these arguments: {exc}") from None
-    except (OSError, RuntimeError, ValueError) as exc:
-        what = "download the pretrained weights of" if spec.pretrained else "create"
-        hint = (
-            ": check the network or pass --checkpoint with a local file" if spec.pretrained else ""
-        )
-        raise ModelError(f"could not {what} {spec.name} ({first_line(exc)}){hint}") from None
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+        _refuse_unloadable(spec, kwargs, exc)
     if spec.checkpoint is not None:
         state = load_state_dict(workspace / spec.checkpoint)
         apply_state_dict(model, state, spec.name)
     return model.eval()
+
+
+def _refuse_unloadable(spec: ModelSpec, kwargs: dict, exc: Exception) -> NoReturn:
+    """timm.create_model failed: one complete line that says why. A `checkpoint_path` kwarg
+    that torch.load refused is read by timmx's own loader, which names what it would import."""
+    path = kwargs.get("checkpoint_path")
+    if path and ("weights_only" in str(exc) or isinstance(exc, pickle.UnpicklingError)):
+        load_state_dict(Path(path))  # raises the CheckpointError that says what it refused
+    what = "download the pretrained weights of" if spec.pretrained else "create"
+    hint = ": check the network or pass --checkpoint with a local file" if spec.pretrained else ""
+    raise ModelError(f"could not {what} {spec.name} ({first_line(exc)}){hint}") from None
 
 
 # Pretrained weights: from the local cache without a network call; otherwise one short probe of

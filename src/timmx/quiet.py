@@ -13,6 +13,7 @@ import contextlib
 import io
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -81,3 +82,10 @@ def fewer_collections() -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*previous)
+
+
+def debug_output() -> bool:
+    """--debug (the CLI's, where it runs) or TIMMX_DEBUG: other programs' log lines shown as
+    they come (a container's stderr, Ray's), not kept in a log file."""
+    console = sys.modules.get("timmx.cli.console")
+    return bool(os.environ.get("TIMMX_DEBUG")) or bool(console and console.debug_enabled())

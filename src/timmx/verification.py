@@ -130,9 +130,12 @@ def _seeded(job: ExportJob, input_size: tuple[int, ...], seed: int, batch: int) 
     return make_input(job, input_size, seed=seed, batch=batch)
 
 
-def describe_failure(result: Verification, nonfinite_fix: str | None = None) -> str:
+def describe_failure(
+    result: Verification, nonfinite_fix: str | None = None, advice: str | None = None
+) -> str:
     """One line for a failed verification. Outputs that are not finite (inf: an overflow) get
-    the fix the backend names, not a tolerance that cannot help."""
+    the fix the backend names, not a tolerance that cannot help; `advice` (the backend's
+    alternatives that pass, e.g. for a quantized mode) comes before loosening the tolerance."""
     failed = [c for c in result.checks if not c.passed] or result.checks
     worst = max(failed, key=lambda c: c.max_abs_error)
     on = f" on {result.inputs}" if result.inputs else ""
@@ -148,6 +151,7 @@ def describe_failure(result: Verification, nonfinite_fix: str | None = None) -> 
     return (
         f"verification failed in {result.runtime}{on} (batch {worst.batch_size}): max abs error "
         f"{worst.max_abs_error:.3g}, max rel error {worst.max_rel_error:.3g}, top-1 agreement "
-        f"{worst.top1_agreement:.0%}; tolerance {tol}. No artifact was written: loosen with "
-        "--atol/--rtol if this is expected, or --no-verify"
+        f"{worst.top1_agreement:.0%}; tolerance {tol}. No artifact was written: "
+        + (f"{advice}; else " if advice else "")
+        + "loosen with --atol/--rtol if this is expected, or --no-verify"
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 from timmx.contract import ErrorInfo, ExportJob, ExportResult, check_paths_inside, parse_job
 from timmx.environment import describe
 from timmx.errors import ContractError, InvalidInputError, TimmxError, first_line
-from timmx.output import write_text_atomic
+from timmx.publish import write_text_atomic
 from timmx.runners.base import Runner
 from timmx.time_limit import start_watchdog, timed_out_message
 

@@ -227,7 +227,7 @@ def test_unchosen_settings_follow_the_last_build(monkeypatch):
 def test_an_artifact_that_differs_from_the_workers_record_is_refused(tmp_path: Path):
     """The worker says what it wrote; the host believes the files only when they agree."""
     from timmx.contract import ExportResult, Verification
-    from timmx.output import describe_files
+    from timmx.publish import describe_files
 
     out = tmp_path / "out"
     (out / "m.ncnn").mkdir(parents=True)

@@ -117,8 +117,16 @@ class Backend(ABC):
     noisy_loggers: ClassVar[tuple[str, ...]] = ()
     quiet_environment: ClassVar[dict[str, str]] = {}
     requires: ClassVar[tuple[str, ...]]  # distributions that must be installed to run in-process
+    # The versions of its main packages its code works with ("onnxruntime>=1.22"): a pinned
+    # toolchain variant outside them is refused (timmx.toolchains.check_supported).
+    supported: ClassVar[tuple[str, ...]] = ()
     Options: ClassVar[type[BackendOptions]] = BackendOptions
     runtime_name: ClassVar[str]  # what verification runs the artifact in
+    # The threads its runtime in timmx uses whatever is asked (ncnn's and MNN's: one); None:
+    # it takes the thread count it is given (`timmx bench --threads`).
+    runtime_threads: ClassVar[int | None] = None
+    # Its runtime in timmx takes a batch of any size (one image at a time inside, as ncnn's).
+    runtime_any_batch: ClassVar[bool] = False
     # True: the CLI adds the shared calibration flags and fills ExportJob.calibration.
     uses_calibration: ClassVar[bool] = False
     # The values of the options' `mode` that read calibration data (empty: every mode does).
@@ -206,6 +214,11 @@ class Backend(ABC):
         """What to do when the artifact's outputs overflow (inf), where the backend knows."""
         return None
 
+    def verification_advice(self, options: Any) -> str | None:
+        """What to try when the artifact fails verification, ahead of loosening the tolerance:
+        alternatives measured to pass on models that fail so (a quantized mode's)."""
+        return None
+
     def missing_packages(self) -> list[str]:
         from timmx.environment import package_versions
 
@@ -217,7 +230,8 @@ class Backend(ABC):
         if missing:
             raise BackendUnavailableError(
                 f"the {self.name} backend needs {', '.join(missing)} here: "
-                f"{self.install_hint}, or add --isolated to run it in its Docker image"
+                f"{self.install_hint}, or add --isolated to run it in its Docker image "
+                "(TIMMX_ISOLATED=auto does so whenever a backend's packages are missing)"
             )
 
     @abstractmethod

@@ -28,6 +28,7 @@ class CoreAIBackend(Backend):
     suffix = SUFFIX
     folder_suffixes = (SUFFIX,)
     requires = ("torch", "timm", "coreai-torch")
+    supported = ("coreai-torch>=0.4.3", "coreai-core>=1.0.0b3")  # the oldest tried or shipped
     Options = BackendOptions
     runtime_name = "coreai.runtime"
 

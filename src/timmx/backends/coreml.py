@@ -122,6 +122,7 @@ class CoremlBackend(Backend):
     folder_suffixes = (".mlpackage",)
     noisy_loggers = ("coremltools",)
     requires = ("torch", "timm", "coremltools")
+    supported = ("coremltools>=9.0",)  # the oldest tried or shipped
     Options = CoremlOptions
 
     @property

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from timmx.backends import register
-from timmx.backends._calibrated import (
+from timmx.backends._calibrating import (
     CalibratedOptions,
     CalibratingBackend,
     calibration_batches,
@@ -62,6 +62,7 @@ class ExecuTorchBackend(CalibratingBackend):
     help = "ExecuTorch program (.pte), XNNPACK by default, verified in the ExecuTorch runtime."
     suffix = ".pte"
     requires = ("torch", "timm", "executorch")
+    supported = ("executorch>=1.5",)  # the oldest tried or shipped
     install_hint = "pip install executorch (it needs its own exact torch release)"
     Options = ExecuTorchOptions
     runtime_name = "executorch.runtime"

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from timmx.backends import register
-from timmx.backends._calibrated import (
+from timmx.backends._calibrating import (
     CalibratedOptions,
     CalibratingBackend,
     per_channel_field,
@@ -57,6 +57,7 @@ class LiteRTBackend(CalibratingBackend):
     # litert-torch's progress bars (read at each call, unlike tqdm's own variables).
     quiet_environment: ClassVar[dict[str, str]] = {"LITERT_TORCH_SHOW_PROGRESS": "n"}
     requires = ("torch", "timm", "litert-torch", "ai-edge-litert")
+    supported = ("ai-edge-litert>=2.2", "litert-torch>=0.9.4")  # the oldest tried or shipped
     Options = LiteRTOptions
     runtime_name = "ai-edge-litert interpreter"
 

@@ -46,8 +46,11 @@ class NcnnBackend(Backend):
     folder_suffixes = (".ncnn",)
     any_folder_name = True  # `resnet18_ncnn/`, as upstream timmx names it, or NAME.ncnn
     requires = ("torch", "timm", "pnnx", "ncnn")
+    supported = ("ncnn>=1.0.20261020", "pnnx>=20261020")  # the oldest tried or shipped
     Options = NcnnOptions
     runtime_name = "ncnn"
+    runtime_threads = 1
+    runtime_any_batch = True
 
     def owns_existing(self, path: Path) -> bool:
         """A folder holding its .param and .bin (and upstream's loader), nothing else."""

@@ -10,9 +10,10 @@ from typing import Any, Literal
 from pydantic import Field
 
 from timmx.backends import register
-from timmx.backends._calibrated import (
+from timmx.backends._calibrating import (
     CalibratedOptions,
     CalibratingBackend,
+    int8_advice,
     per_channel_field,
     require_mode,
 )
@@ -77,6 +78,8 @@ class OnnxBackend(CalibratingBackend):
     suffix = ".onnx"
     noisy_loggers = ("torch.onnx", "onnxscript")
     requires = ("torch", "timm", "onnx", "onnxscript", "onnxslim", "onnxruntime")
+    # the oldest tried or shipped
+    supported = ("onnxruntime>=1.19", "onnx>=1.23", "onnxscript>=0.7", "onnxslim>=0.1.98")
     Options = OnnxOptions
     runtime_name = "onnxruntime"
 
@@ -106,6 +109,14 @@ class OnnxBackend(CalibratingBackend):
         if options.mode == "fp16":
             return "the model overflows float16 (values past 65504): use --mode fp32 or int8"
         return None
+
+    def verification_advice(self, options: OnnxOptions) -> str | None:
+        if options.mode not in ("int8", "dynamic-int8"):
+            return None
+        return int8_advice(
+            "--mode fp16 (half the size, no calibration) or OpenVINO's default export "
+            "(timmx export openvino MODEL)"
+        )
 
     def export(self, ctx: ExportContext, options: OnnxOptions) -> list[Path]:
         import onnx

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from timmx.backends import register
-from timmx.backends._calibrated import CalibratedOptions, CalibratingBackend
+from timmx.backends._calibrating import CalibratedOptions, CalibratingBackend, int8_advice
 from timmx.backends.base import FP32, INT8, ExportContext, Runtime, Tolerance
 from timmx.contract import ExportJob
 from timmx.errors import ExportFailedError, InvalidInputError, first_line
@@ -67,6 +67,7 @@ class OpenVINOBackend(CalibratingBackend):
     help = "OpenVINO IR (.xml + .bin), fp32, fp16 weights or NNCF int8, verified in OpenVINO."
     suffix = ".xml"
     requires = ("torch", "timm", "openvino", "nncf")
+    supported = ("openvino>=2026.4", "nncf>=3.4")  # the oldest tried or shipped
     Options = OpenVINOOptions
     runtime_name = "OpenVINO CPU (INFERENCE_PRECISION_HINT f32)"
 
@@ -109,6 +110,11 @@ class OpenVINOBackend(CalibratingBackend):
         if options.resolved_mode == "fp16":
             return "fp16 weights overflowed: export with --mode fp32"
         return None
+
+    def verification_advice(self, options: OpenVINOOptions) -> str | None:
+        if options.resolved_mode != "int8":
+            return None
+        return int8_advice("--mode fp16 (the default: no calibration) or ONNX's --mode fp16")
 
     def export(self, ctx: ExportContext, options: OpenVINOOptions) -> list[Path]:
         from timmx.backends._openvino import convert

@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 
 from timmx.build.plan import PlannedJob
-from timmx.output import sha256
+from timmx.publish import sha256
 
 
 def job_key(planned: PlannedJob, root: Path) -> str:
@@ -24,7 +24,7 @@ def job_key(planned: PlannedJob, root: Path) -> str:
     payload = {
         "job": json.loads(job.model_dump_json()),
         "inputs": {path: _input_hash(root / path) for path in input_paths(planned)},
-        "toolchain": toolchain_identity(job.backend, planned.isolated),
+        "toolchain": variant_identity(planned) or toolchain_identity(job.backend, planned.isolated),
         "timmx": __version__,
     }
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
@@ -57,6 +57,28 @@ def _stat(path: Path) -> tuple[int, int]:
 def _file_hash(path: Path, size: int, mtime_ns: int) -> str:
     """sha256 of a file, once per (path, size, mtime) in this process."""
     return sha256(path)
+
+
+def variant_identity(planned: PlannedJob) -> str | None:
+    """A toolchain variant's image tag, which follows its lock; None for a job in its backend's
+    own toolchain."""
+    from timmx.backends import get_backend
+
+    if not planned.toolchain or planned.toolchain == get_backend(planned.job.backend).toolchain:
+        return None
+    from timmx.images.recipes import get_recipe
+    from timmx.toolchains import lock_sha256
+
+    return _variant_tag(planned.toolchain, lock_sha256(get_recipe(planned.toolchain).lock_files))
+
+
+@cache
+def _variant_tag(toolchain: str, lock_sha256: str) -> str:
+    """Once per lock in this process, as toolchain_identity is once per backend."""
+    from timmx.images.identity import BuildSettings, identify
+    from timmx.images.recipes import get_recipe
+
+    return "image:" + identify(get_recipe(toolchain), BuildSettings.resolve()).tag
 
 
 @cache

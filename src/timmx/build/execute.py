@@ -94,7 +94,7 @@ class Executor:
             from timmx.backends import get_backend
 
             return WarmContainerSpec(
-                toolchain=get_backend(planned.job.backend).toolchain,
+                toolchain=planned.toolchain or get_backend(planned.job.backend).toolchain,
                 memory=planned.memory,
                 timeout_s=planned.timeout_s,
                 build=planned.build,

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from timmx.errors import InvalidInputError
-from timmx.output import create_output_folder
+from timmx.publish import create_output_folder
 
 LOCK_NAME = ".timmx-build.lock"
 
@@ -62,6 +63,12 @@ def _acquire(path: Path, output: Path) -> int:
                 "for it to end, or set another [build] output"
             ) from None
         if _same_file(fd, path):
+            if not _is_pid_record(os.pread(fd, 64, 0)):
+                os.close(fd)
+                raise InvalidInputError(
+                    f"{path} is not a timmx build lock (it holds something else): move it "
+                    "away, or set another [build] output"
+                )
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
             return fd
@@ -75,6 +82,12 @@ def _same_file(fd: int, path: Path) -> bool:
         return False
     held = os.fstat(fd)
     return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
+
+
+def _is_pid_record(head: bytes) -> bool:
+    """Whether a lock file's content is what a build writes (its pid), or nothing yet: only
+    such a file is rewritten, and removed at release."""
+    return re.fullmatch(rb"(\d{1,10}\n)?", head) is not None
 
 
 def _holder(fd: int) -> str:

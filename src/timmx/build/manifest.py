@@ -14,8 +14,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from timmx.bench.model import BenchRecord
 from timmx.contract import ArtifactFile, ExportResult
-from timmx.output import sha256, write_text_atomic
+from timmx.publish import sha256, write_text_atomic
 
 MANIFEST = "timmx-build.json"
 MANIFEST_VERSION = 1
@@ -37,11 +38,20 @@ class JobRecord(_Strict):
     image_digest: str | None = Field(
         default=None, description="<registry>/<name>@sha256:... where the image is in a registry"
     )
+    toolchain: str | None = Field(
+        default=None, description="The toolchain (built-in or variant) of an isolated job"
+    )
+    lock_sha256: str | None = Field(
+        default=None, description="sha256 of that toolchain's lock files (timmx.toolchains)"
+    )
 
 
 class Manifest(_Strict):
     schema_version: int = MANIFEST_VERSION
     jobs: dict[str, JobRecord] = Field(default_factory=dict)
+    bench: dict[str, BenchRecord] = Field(
+        default_factory=dict, description="Per job, its artifact's bench ([bench])."
+    )
 
 
 def manifest_path(output: Path) -> Path:
@@ -63,7 +73,11 @@ def save_manifest(manifest: Manifest, output: Path) -> None:
 
 
 def record(
-    key: str, artifact: str, result: ExportResult, image_digest: str | None = None
+    key: str,
+    artifact: str,
+    result: ExportResult,
+    image_digest: str | None = None,
+    toolchain: str | None = None,
 ) -> JobRecord:
     assert result.job is not None
     verification = result.verification
@@ -78,7 +92,18 @@ def record(
         image=environment.image if environment else None,
         image_id=environment.image_id if environment else None,
         image_digest=image_digest,
+        toolchain=toolchain,
+        lock_sha256=_lock_sha256(toolchain),
     )
+
+
+def _lock_sha256(toolchain: str | None) -> str | None:
+    if toolchain is None:
+        return None
+    from timmx.images.recipes import get_recipe
+    from timmx.toolchains import lock_sha256
+
+    return lock_sha256(get_recipe(toolchain).lock_files)
 
 
 Status = Literal["fresh", "stale", "missing", "altered", "unverified", "new"]

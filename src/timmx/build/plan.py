@@ -32,6 +32,7 @@ class PlannedJob:
     memory: str
     timeout_s: int
     build: bool  # build a missing image
+    toolchain: str = ""  # the image it runs in when isolated: the backend's, or a variant
 
     @property
     def id(self) -> str:
@@ -41,11 +42,12 @@ class PlannedJob:
 def plan_build(spec: BuildFile) -> list[PlannedJob]:
     """Every model x target pair that is not excluded, as a checked ExportJob."""
     from timmx.backends import get_backend
-    from timmx.options import CALIBRATION_FLAGS, JOB_FLAGS, RUN_FLAGS
+    from timmx.job_builder import CALIBRATION_FLAGS, JOB_FLAGS, RUN_FLAGS
 
     shared = set(JOB_FLAGS) | set(RUN_FLAGS) | set(CALIBRATION_FLAGS)
     defaults = _options(spec.defaults, "defaults", shared)
     targets = {}
+    variants: dict[str, str | None] = {}
     for i, target in enumerate(spec.targets):
         place = f"targets[{i}] ({target.key})"
         _check_plain(target.key, place, "name" if target.name else "backend")
@@ -58,6 +60,7 @@ def plan_build(spec: BuildFile) -> list[PlannedJob]:
         except TimmxError as exc:
             raise InvalidInputError(f"{place}: {exc.message}") from None
         targets[target.key] = (backend, _options(target.options, place, _flags(backend)))
+        variants[target.key] = _variant(spec, target.toolchain, backend, place)
 
     jobs: list[PlannedJob] = []
     seen: set[str] = set()
@@ -88,8 +91,49 @@ def plan_build(spec: BuildFile) -> list[PlannedJob]:
                     k: v for k, v in shared_values.items() if k not in CALIBRATION_FLAGS
                 }
             values = {**shared_values, **target_options, **override}
-            jobs.append(_planned(spec, model.name, model.key, target_key, backend, values, place))
+            planned = _planned(spec, model.name, model.key, target_key, backend, values, place)
+            jobs.append(_in_toolchain(planned, variants[target_key], values, place))
     return jobs
+
+
+def _variant(spec: BuildFile, name: str | None, backend, place: str) -> str | None:
+    """The variant a target names, checked against the file's [toolchains] and its backend."""
+    if name is None or name == backend.toolchain:
+        return None
+    entry = spec.toolchains.get(name)
+    if entry is None:
+        known = ", ".join(spec.toolchains) or "none"
+        raise InvalidInputError(
+            f"{place}: toolchain '{name}' is not a [toolchains.{name}] of this file (variants: "
+            f"{known}): declare it, or drop `toolchain`"
+        )
+    if entry.from_ != backend.toolchain:
+        raise InvalidInputError(
+            f"{place}: toolchain '{name}' varies the {entry.from_} toolchain, not "
+            f"{backend.name}'s ({backend.toolchain}): use a variant from {backend.toolchain}"
+        )
+    return name
+
+
+def _in_toolchain(planned: PlannedJob, variant: str | None, values: dict, place: str) -> PlannedJob:
+    """The job with the toolchain it runs in; a variant's always runs isolated, in its image."""
+    from dataclasses import replace
+
+    backend_toolchain = _toolchain_of(planned.job.backend)
+    if variant is None:
+        return replace(planned, toolchain=backend_toolchain)
+    if values.get("isolated") is False:
+        raise InvalidInputError(
+            f"{place} x {planned.target}: toolchain '{variant}' runs isolated, in its own image, "
+            "never in this process: drop `isolated = false`"
+        )
+    return replace(planned, toolchain=variant, isolated=True)
+
+
+def _toolchain_of(backend_name: str) -> str:
+    from timmx.backends import get_backend
+
+    return get_backend(backend_name).toolchain
 
 
 def _check_plain(name: str, place: str, key: str) -> None:
@@ -101,7 +145,7 @@ def _check_plain(name: str, place: str, key: str) -> None:
 
 
 def _flags(backend) -> set[str]:
-    from timmx.options import backend_flags
+    from timmx.job_builder import backend_flags
 
     return set(backend_flags(backend))
 
@@ -134,7 +178,7 @@ def _planned(
     values: dict[str, Any],
     place: str,
 ) -> PlannedJob:
-    from timmx.options import build_job, with_defaults
+    from timmx.job_builder import build_job, with_defaults
 
     output = Path(spec.build.output) / model_key / target_key / f"{model_key}{backend.suffix}"
     where = f"{place} x {target_key}"

@@ -12,7 +12,7 @@ DEFAULT_MEMORY = 4 * 1024**3  # an in-process job whose build file sets no `memo
 def task_memory(planned: PlannedJob) -> int:
     """The memory a task declares: the job's `memory`; 4 GiB for an in-process job that
     keeps the default (a container limit, far above what most exports need)."""
-    from timmx.options import RUN_FLAGS
+    from timmx.job_builder import RUN_FLAGS
     from timmx.runners.base import memory_bytes
 
     if not planned.isolated and planned.memory == RUN_FLAGS["memory"].default:

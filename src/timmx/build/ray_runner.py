@@ -23,14 +23,23 @@ from typing import Any
 
 from timmx.build.execute import Outcome
 from timmx.build.plan import PlannedJob
-from timmx.build.ray_cluster import connect, plain, require_ray, task_failure
+from timmx.build.ray_cluster import (
+    connect,
+    plain,
+    ray_logs_kept,
+    require_ray,
+    say,
+    task_failure,
+)
 from timmx.build.ray_resources import check_fits, largest_node, task_memory
 from timmx.errors import ExportFailedError, InvalidInputError, TimmxError, first_line
 from timmx.runners.remote import Payload, pack, read_input, receive, run_shipped
 from timmx.time_limit import timed_out_message
 
 MAX_RETRIES = 3  # runs of a task after its worker or node died
-_STARTED = "started"  # a task's first answer: its time limit counts from then, not its queueing
+# A task's first answer, with its node's id: its time limit counts from then, not its queueing.
+_STARTED = "started"
+NODE_CHECK_S = 1.0  # how often the nodes' liveness is read while a build runs
 # What to do about a task whose answer is refused (see timmx.runners.accept).
 _SAME = "install the same timmx on every Ray node and run it again"
 
@@ -49,14 +58,22 @@ def run_on_ray(
     ray = require_ray()
     if not jobs:
         return []
-    owned = connect(ray, address)
-    try:
-        return _RayBuild(ray, workspace, slots, keep_going).run(
-            jobs, on_start, on_progress, on_done
-        )
-    finally:
-        if owned:
-            ray.shutdown()
+    from timmx.model_index import cache_folder
+
+    with ray_logs_kept(cache_folder() / "logs") as kept:
+        try:
+            owned = connect(ray, address)
+            try:
+                return _RayBuild(ray, workspace, slots, keep_going).run(
+                    jobs, on_start, on_progress, on_done
+                )
+            finally:
+                if owned:
+                    with kept.everything():
+                        ray.shutdown()
+        finally:
+            if (log := kept.path()) is not None:
+                say(f"Ray's own log lines are in {log}; --debug shows them")
 
 
 class _RayBuild:
@@ -68,6 +85,9 @@ class _RayBuild:
         self.task = ray.remote(run_job_reporting_start)
         self.inputs: dict[str, Any] = {}  # host path -> ObjectRef, each input put once
         self.largest = largest_node(ray)
+        self.task_nodes: dict[Any, str] = {}  # task -> the node it started on
+        self.alive: dict[str, str] = {}  # node id -> its address, while Ray says it is alive
+        self.nodes_checked = 0.0
 
     def run(self, jobs, on_start, on_progress, on_done) -> list[Outcome]:
         pending = deque(jobs)
@@ -106,17 +126,19 @@ class _RayBuild:
                 ready, _ = self.ray.wait(list(running), num_returns=1, timeout=0.5)
                 for task in ready:
                     ref = next(task, None)
-                    if task not in began and ref is not None and self._says_started(ref):
+                    if task not in began and ref is not None and self._says_started(task, ref):
                         began[task] = time.perf_counter()
                         on_progress(running[task][0], "running on the Ray cluster")
                         continue
                     planned, started = running.pop(task)
                     began.pop(task, None)
+                    self.task_nodes.pop(task, None)
                     outcome = self._collect(planned, ref, started)
                     if outcome is None:
                         on_progress(planned, "not run (--fail-fast)")
                     else:
                         finish(outcome)
+                self._check_nodes()
                 now = time.perf_counter()
                 for task, since in list(began.items()):
                     planned, started = running[task]
@@ -124,6 +146,7 @@ class _RayBuild:
                     if planned.isolated or now - since <= planned.timeout_s:
                         continue
                     del running[task], began[task]
+                    self.task_nodes.pop(task, None)
                     self._stop(task)
                     message = timed_out_message(planned.job.backend, planned.timeout_s)
                     finish(
@@ -180,11 +203,40 @@ class _RayBuild:
                 ) from None
         return self.inputs[path]
 
-    def _says_started(self, ref) -> bool:
+    def _says_started(self, task, ref) -> bool:
         try:
-            return self.ray.get(ref) == _STARTED
+            answer = self.ray.get(ref)
         except Exception:  # it failed before it started: _collect says why
             return False
+        if answer == _STARTED:  # a node's timmx that does not name its node
+            return True
+        if not (isinstance(answer, tuple) and answer and answer[0] == _STARTED):
+            return False
+        self.task_nodes[task] = answer[1]
+        return True
+
+    def _check_nodes(self) -> None:
+        """A node that Ray stopped calling alive: one line, with how many of this build's
+        running jobs Ray runs again elsewhere (see MAX_RETRIES)."""
+        now = time.monotonic()
+        if now - self.nodes_checked < NODE_CHECK_S:
+            return
+        self.nodes_checked = now
+        try:
+            nodes = self.ray.nodes()
+        except Exception:  # the head is busy; the next check asks again
+            return
+        for node in nodes:
+            node_id, address = node.get("NodeID"), node.get("NodeManagerAddress", "?")
+            if node.get("Alive"):
+                self.alive[node_id] = address
+            elif node_id in self.alive:
+                del self.alive[node_id]
+                lost = [task for task, on in self.task_nodes.items() if on == node_id]
+                for task in lost:
+                    del self.task_nodes[task]
+                jobs = f"{len(lost)} job{'' if len(lost) == 1 else 's'}"
+                say(f"Ray node {address} ({node_id[:8]}) lost: {jobs} retried on other nodes")
 
     def _stop(self, task) -> None:
         """Stop a task past its time limit by killing its worker process. Not by an interrupt:
@@ -226,8 +278,17 @@ class _RayBuild:
 def run_job_reporting_start(spec: dict[str, Any], *payloads: Payload) -> Iterator[Any]:
     """The Ray task, a generator: it says when it starts running (the host's time limit
     counts from there, not from its wait in the cluster's queue), then answers as run_job."""
-    yield _STARTED
+    yield _STARTED, _node_id()
     yield run_job(spec, *payloads)
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:
+        return ""
 
 
 def run_job(spec: dict[str, Any], *payloads: Payload) -> dict[str, Any]:

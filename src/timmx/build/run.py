@@ -33,8 +33,11 @@ class Build:
 
 def load_build(path: Path) -> Build:
     """Read the build file and find each job's key and state against the manifest."""
+    from timmx.toolchains import define_variants
+
     spec = load_build_file(path)
     root = path.parent.resolve()
+    define_variants(spec.toolchains, root)  # each used one's lock is checked by its job's key
     output = (root / spec.build.output).resolve()
     manifest = load_manifest(output)
     jobs = []
@@ -73,7 +76,10 @@ def run_build(
     With `ray_address`, each job runs as a task on that Ray cluster; `pins` (job id -> image)
     runs isolated jobs in exactly those images (`--locked`)."""
     by_id = {job.planned.id: job for job in build.jobs}
-    manifest = Manifest(jobs={i: r for i, r in build.manifest.jobs.items() if i in by_id})
+    manifest = Manifest(
+        jobs={i: r for i, r in build.manifest.jobs.items() if i in by_id},
+        bench={i: r for i, r in build.manifest.bench.items() if i in by_id},  # see timmx.bench.gate
+    )
     lock = threading.Lock()
     digests = DigestLookup()
 
@@ -84,7 +90,11 @@ def run_build(
                 environment = outcome.result.environment
                 digest = digests(environment.image_id if environment else None)
                 manifest.jobs[planned.id] = record(
-                    by_id[planned.id].key, planned.job.output, outcome.result, digest
+                    by_id[planned.id].key,
+                    planned.job.output,
+                    outcome.result,
+                    digest,
+                    toolchain=planned.toolchain if planned.isolated else None,
                 )
             else:
                 manifest.jobs.pop(planned.id, None)  # its old artifact is not this job's
@@ -92,6 +102,7 @@ def run_build(
         on_done(outcome)
 
     todo = [job.planned for job in build.jobs if job.status != "fresh"]
+    _check_ray_toolchains(todo, ray_address)
     save_manifest(manifest, build.output)
     executor = Executor(
         build.root,
@@ -105,6 +116,18 @@ def run_build(
         return executor.run(todo, on_start, on_progress, done)
     finally:
         digests.close()
+
+
+def _check_ray_toolchains(todo: list[PlannedJob], ray_address: str | None) -> None:
+    """A Ray node exports in its backend's own image: a toolchain variant's job is refused."""
+    from timmx.toolchains import registered
+
+    variants = sorted({p.toolchain for p in todo if registered(p.toolchain) is not None})
+    if ray_address is not None and variants:
+        raise InvalidInputError(
+            f"toolchain variants ({', '.join(variants)}) do not run on Ray yet: build their "
+            "targets without --ray"
+        )
 
 
 def locked_pins(build: Build) -> dict[str, Pin]:
@@ -123,7 +146,7 @@ def locked_pins(build: Build) -> dict[str, Pin]:
         if entry is None or entry.image_id is None:
             unpinned.append(job.planned.id)
         else:
-            toolchain = get_backend(job.planned.job.backend).toolchain
+            toolchain = job.planned.toolchain or get_backend(job.planned.job.backend).toolchain
             pins[job.planned.id] = Pin(entry.image_id, entry.image_digest, toolchain)
     if unpinned:
         names = ", ".join(unpinned[:4]) + (f" and {len(unpinned) - 4} more" if unpinned[4:] else "")

@@ -7,12 +7,13 @@ import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-from timmx.build.spec import BuildSection
+from timmx.build.spec import BenchSection, BuildSection
+from timmx.toolchains import ToolchainEntry
 
 
 def build_schema() -> dict[str, Any]:
     from timmx.backends import all_backends
-    from timmx.options import CALIBRATION_FLAGS, JOB_FLAGS, RUN_FLAGS
+    from timmx.job_builder import CALIBRATION_FLAGS, JOB_FLAGS, RUN_FLAGS
 
     shared = {
         name: flag
@@ -22,12 +23,16 @@ def build_schema() -> dict[str, Any]:
     shared_props = _properties(shared)
     targets = []
     for backend in all_backends():
-        from timmx.options import backend_flags
+        from timmx.job_builder import backend_flags
 
         own = {n: f for n, f in backend_flags(backend).items() if n != "output"}
         props = _properties(own)
         props["backend"] = {"const": backend.name, "description": backend.help}
         props["name"] = {"type": "string", "description": "Folder name; the backend's by default."}
+        props["toolchain"] = {
+            "type": "string",
+            "description": "A [toolchains.<name>] variant to export in (isolated, in its image).",
+        }
         targets.append(
             {
                 "type": "object",
@@ -60,6 +65,7 @@ def build_schema() -> dict[str, Any]:
         "required": ["models", "targets"],
         "properties": {
             "build": BuildSection.model_json_schema(),
+            "bench": BenchSection.model_json_schema(by_alias=True),
             "defaults": {
                 "type": "object",
                 "properties": shared_props,
@@ -76,6 +82,11 @@ def build_schema() -> dict[str, Any]:
                 },
             },
             "targets": {"type": "array", "minItems": 1, "items": {"oneOf": targets}},
+            "toolchains": {
+                "type": "object",
+                "description": "Variants of the built-in toolchains, with exact pins.",
+                "additionalProperties": ToolchainEntry.model_json_schema(by_alias=True),
+            },
         },
     }
 

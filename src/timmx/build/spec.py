@@ -6,7 +6,7 @@
     [[targets]]        backend, name, that backend's options
 
 Keys are the CLI's flag names without the dashes (`num-classes`, `dynamic-batch`); each means
-what the flag means (one definition: `timmx.options`). A bad file is one line naming the key and
+what the flag means (one definition: `timmx.job_builder`). A bad file is one line naming the key and
 its place, e.g. `timmx.toml: models[1] (mnv3): unknown key 'num-clases': did you mean...`.
 """
 
@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from timmx.errors import InvalidInputError
+from timmx.toolchains import ToolchainEntry
 
 BUILD_FILE = "timmx.toml"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -62,6 +63,9 @@ class TargetEntry(BaseModel):
 
     backend: str = Field(description="A timmx backend: onnx, litert, coreml...")
     name: str | None = Field(None, description="Its folder name (default: the backend's name).")
+    toolchain: str | None = Field(
+        None, description="A [toolchains.<name>] variant to export in (isolated, in its image)."
+    )
 
     @property
     def options(self) -> dict[str, Any]:
@@ -72,11 +76,31 @@ class TargetEntry(BaseModel):
         return self.name or self.backend
 
 
+class BenchSection(_Strict):
+    """`[bench]`: bench every artifact after the build (see `timmx bench`); `--check` gates."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    data: str = Field(description="Labelled images (one sub-folder per class), file-relative.")
+    limit: int | None = Field(None, ge=1, description="A fixed, seeded subset of this many.")
+    max_accuracy_drop: float | None = Field(
+        None,
+        ge=0,
+        alias="max-accuracy-drop",
+        description="`timmx build --check` fails an artifact whose top-1 is more than this "
+        "many percentage points under eager's.",
+    )
+
+
 class BuildFile(_Strict):
     build: BuildSection = Field(default_factory=BuildSection)
+    bench: BenchSection | None = Field(None, description="Bench the artifacts after the build.")
     defaults: dict[str, Any] = Field(default_factory=dict)
     models: list[ModelEntry] = Field(min_length=1)
     targets: list[TargetEntry] = Field(min_length=1)
+    toolchains: dict[str, ToolchainEntry] = Field(
+        default_factory=dict, description="Variants of the built-in toolchains: pinned versions."
+    )
 
 
 def safe_name(name: str) -> str:
@@ -148,7 +172,8 @@ def _where(exc: ValidationError, data: dict[str, Any]) -> str:
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         if not loc:  # a top-level table: [biuld]
-            return f"unknown table '{place}' (tables: build, defaults, models, targets)"
+            tables = "build, bench, defaults, models, targets, toolchains"
+            return f"unknown table '{place}' (tables: {tables})"
         return f"{place}: unknown key '{'.'.join(map(str, loc))}'"
     if first["type"] == "missing":
         return f"{place}: '{'.'.join(map(str, loc))}' is required"

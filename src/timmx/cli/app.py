@@ -52,12 +52,19 @@ def _main(
 @app.command()
 def schema(
     which: Annotated[
-        Literal["job", "result", "build"], typer.Argument(help="job, result or build.")
+        Literal["job", "result", "build", "bench"],
+        typer.Argument(help="job, result, build or bench."),
     ] = "job",
 ) -> None:
-    """Print the JSON Schema of an export job, an export result (the report) or a build file."""
+    """Print the JSON Schema of an export job, an export result (the report), a build file or
+    a bench's JSON (`timmx bench --json`)."""
     import json
 
+    if which == "bench":
+        from timmx.bench.model import bench_schema
+
+        console.out.print_json(json.dumps(bench_schema()))
+        return
     if which == "build":
         from timmx.build.schema import build_schema
 
@@ -76,6 +83,15 @@ def _add_build() -> None:
 
 _add_build()
 app.command("clean")(clean_command)
+
+
+def _add_bench() -> None:
+    from timmx.cli.bench import bench_command
+
+    app.command("bench")(bench_command)
+
+
+_add_bench()
 
 
 @app.command()

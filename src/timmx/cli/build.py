@@ -95,6 +95,7 @@ def build_command(
                 f"{len(bad)} of {len(build.jobs)} artifacts are not up to date ({names}{more}): "
                 "run `timmx build`"
             )
+        _accuracy_gate(path, build)
         console.err.print(f"[green]all {len(build.jobs)} artifacts are up to date[/]")
         return
     if locked and ray is not None:
@@ -102,7 +103,7 @@ def build_command(
             "--locked runs on this machine's Docker engine: drop --ray, or --locked"
         )
     if ray is not None:
-        from timmx.build.ray_runner import require_ray
+        from timmx.build.ray_cluster import require_ray
 
         require_ray()
     with build_lock(build.output):
@@ -111,6 +112,7 @@ def build_command(
         # On Ray every job is queued at once unless capped: the cluster schedules them.
         slots = jobs or build.slots or (len(build.jobs) if ray is not None else default_jobs())
         outcomes = _run(build, slots, keep_going, ray, pins)
+        _bench(path)
     _summary(build, outcomes)
     failed = [o for o in outcomes if o.error is not None]
     if failed:
@@ -118,6 +120,35 @@ def build_command(
             f"{len(failed)} of {len(build.jobs)} jobs failed "
             f"({', '.join(o.planned.id for o in failed[:6])}): see the table above"
         )
+
+
+def _accuracy_gate(path: Path, build) -> None:
+    """`[bench] max-accuracy-drop`: exit 2 naming every artifact over it (timmx.bench.gate)."""
+    from timmx.bench.gate import gate
+    from timmx.errors import TimmxError
+
+    failures = gate(path, build)
+    if failures:
+        raise TimmxError(
+            f"{len(failures)} of {len(build.jobs)} artifacts fail the accuracy gate: "
+            + "; ".join(failures)
+        )
+
+
+def _bench(path: Path) -> None:
+    """`[bench]`: bench what the manifest has no figures for, and show them."""
+    from timmx.bench.gate import bench_build
+    from timmx.bench.render import print_table
+    from timmx.build.run import load_build
+    from timmx.build.spec import load_build_file
+    from timmx.cli.bench import progress_bar
+
+    if load_build_file(path).bench is None:
+        return
+    with progress_bar() as progress:
+        report = bench_build(path, load_build(path), progress)
+    if report is not None:
+        print_table(report, console.out)
 
 
 def _run(build, slots: int, keep_going: bool, ray_address: str | None = None, pins=None):

@@ -1,6 +1,6 @@
 """`timmx export <backend> MODEL`: one command per registered backend.
 
-The flags come from the option tables in `timmx.options` and each backend's options model, so
+The flags come from the option tables in `timmx.job_builder` and each backend's options model, so
 adding a backend never touches the CLI; the job is built there too, as for the Python API.
 A backend's command is built only when it is asked for (`BackendCommands`), so `timmx --help`
 imports no backend and no pydantic model.
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import click
 
     from timmx.backends.base import Backend
-    from timmx.options import Flag
+    from timmx.job_builder import Flag
 
 
 class BackendCommands(TyperGroup):
@@ -59,7 +59,25 @@ class ExportCommand(TyperCommand):
     """A backend's command; `--mean 0.5 0.5 0.5` reads as `--mean 0.5,0.5,0.5`."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, join_numbers(args, PER_CHANNEL))
+        return super().parse_args(ctx, isolated_values(join_numbers(args, PER_CHANNEL)))
+
+
+def isolated_values(args: list[str]) -> list[str]:
+    """`--isolated` alone is `--isolated=true`; `--isolated auto` (or true/false) keeps its
+    value: one option that is both upstream's switch and `--isolated auto`."""
+    rewritten: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            return rewritten + args[i:]
+        i += 1
+        if arg == "--isolated":
+            value = args[i] if i < len(args) and args[i] in ("auto", "true", "false") else None
+            i += value is not None
+            arg = f"--isolated={value or 'true'}"
+        rewritten.append(arg)
+    return rewritten
 
 
 def join_numbers(args: list[str], options: tuple[str, ...]) -> list[str]:
@@ -102,9 +120,17 @@ def _option(flag: Flag) -> Any:
 def _parameters(backend: Backend) -> list[inspect.Parameter]:
     from typing import Annotated
 
-    from timmx.options import VERIFY, Flag, backend_flags
+    from timmx.job_builder import ISOLATION, VERIFY, Flag, backend_flags
 
     json_flag = Flag(bool, False, ("--json",), VERIFY, "Print the report as JSON on stdout.")
+    toolchain_flag = Flag(
+        str | None,
+        None,
+        ("--toolchain",),
+        ISOLATION,
+        "A \\[toolchains.<name>] variant of the timmx.toml here: export and verify in its image "
+        "(implies --isolated).",
+    )
     model_arg = typer.Argument(
         help="timm model name, or hf-hub:org/name.", show_default=False, metavar="MODEL"
     )
@@ -115,7 +141,7 @@ def _parameters(backend: Backend) -> list[inspect.Parameter]:
             annotation=Annotated[str, model_arg],
         )
     ]
-    flags = {**backend_flags(backend), "json_out": json_flag}
+    flags = {**backend_flags(backend), "json_out": json_flag, "toolchain": toolchain_flag}
     for name, flag in flags.items():
         params.append(
             inspect.Parameter(
@@ -125,12 +151,35 @@ def _parameters(backend: Backend) -> list[inspect.Parameter]:
     return params
 
 
-def _run(backend: Backend, model_name: str, json_out: bool, values: dict[str, Any]) -> None:
+def _run(
+    backend: Backend,
+    model_name: str,
+    json_out: bool,
+    values: dict[str, Any],
+    toolchain: str | None = None,
+) -> None:
     from timmx.api import job_and_runner
 
+    variant = None
+    if toolchain is not None:
+        from timmx.toolchains import toolchain_for_export
+
+        variant = toolchain_for_export(backend, toolchain)
+        values = {**values, "isolated": True}
     job, runner = job_and_runner(backend, model_name, values, console.debug_enabled())
+    if variant is not None:
+        from timmx.runners.spec import DockerSpec, open_runner
+
+        runner = open_runner(
+            DockerSpec(
+                memory=values["memory"],
+                timeout_s=values["timeout"],
+                build=values["build"],
+                toolchain=variant,
+            )
+        )
     workspace = Path.cwd()
-    if values.get("isolated"):
+    if type(runner).__name__ != "LocalRunner":  # a container's steps, a line each
         result = runner.run(job, workspace, progress=_print_progress)
     else:
         with console.err.status("Starting", spinner="dots") as status:
@@ -148,8 +197,10 @@ def _print_progress(message: str) -> None:
 
 
 def _make_command(backend: Backend):
-    def command(model_name: str, json_out: bool = False, **values: Any) -> None:
-        _run(backend, model_name, json_out, values)
+    def command(
+        model_name: str, json_out: bool = False, toolchain: str | None = None, **values: Any
+    ) -> None:
+        _run(backend, model_name, json_out, values, toolchain)
 
     command.__signature__ = inspect.Signature(_parameters(backend))  # type: ignore[attr-defined]
     command.__name__ = backend.name.replace("-", "_")

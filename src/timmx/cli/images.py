@@ -17,14 +17,25 @@ images_app = typer.Typer(
     help="Build, list and remove the pinned backend images.", no_args_is_help=True
 )
 
+
+def _names(help: str) -> object:
+    return Annotated[list[str] | None, typer.Argument(help=help, show_default=False)]
+
+
 # The parameters several commands share, declared once. Their defaults come from the
 # environment when unset, so no default is shown.
-Names = Annotated[
-    list[str] | None,
-    typer.Argument(
-        help="Toolchains (images/<name>/); all of them when absent.", show_default=False
-    ),
-]
+Names = _names(
+    "Toolchains (images/<name>/, or \\[toolchains.<name>] variants of the timmx.toml here); all "
+    "of them when absent."
+)
+PushNames = _names(
+    "Toolchains (images/<name>/ or variants), or `base` for the base image; all toolchains when "
+    "absent."
+)
+LockNames = _names(
+    "Toolchains: built-in (images/<name>/), _shared (the shared timm lock) or "
+    "\\[toolchains.<name>] variants of the timmx.toml here; all of them when absent."
+)
 BaseImage = Annotated[
     str | None,
     typer.Option(
@@ -60,6 +71,21 @@ Registry = Annotated[
 ]
 
 
+def _variants() -> None:
+    """Make the toolchain variants of the build file here (as `timmx build` finds it) known."""
+    from timmx.toolchains import load_variants
+
+    load_variants()
+
+
+def _recipes(names: list[str] | None):
+    """The named toolchains (built-in or variants), else all of them."""
+    from timmx.images.recipes import all_toolchains, get_recipe
+
+    _variants()
+    return [get_recipe(n) for n in names] if names else all_toolchains()
+
+
 def _settings(base_image, torch_index_url, torch_wheels, registry):
     from timmx.images.identity import BuildSettings
 
@@ -90,10 +116,9 @@ def build(
     """Build the images that are missing; present ones with unchanged inputs are left alone."""
     from timmx.images.engine import connect
     from timmx.images.find import ensure_image
-    from timmx.images.recipes import all_recipes, get_recipe
 
     settings = _settings(base_image, torch_index_url, torch_wheels, registry)
-    recipes = [get_recipe(n) for n in names] if names else all_recipes()
+    recipes = _recipes(names)
     client = connect()
     for recipe in recipes:
         shown = _Shown()
@@ -163,14 +188,7 @@ def _push(client, ref: str, registry: str | None) -> str:
 
 @images_app.command("push")
 def push(
-    names: Annotated[
-        list[str] | None,
-        typer.Argument(
-            help="Toolchains (images/<name>/), or `base` for the base image; all toolchains "
-            "when absent.",
-            show_default=False,
-        ),
-    ] = None,
+    names: PushNames = None,
     registry: Registry = None,
     base_image: BaseImage = None,
     torch_index_url: TorchIndex = None,
@@ -180,11 +198,11 @@ def push(
     it, and `timmx build --locked` elsewhere pulls exactly those images by it."""
     from timmx.images.engine import connect
     from timmx.images.find import ensure_image
-    from timmx.images.recipes import all_recipes
 
     settings = _settings(base_image, torch_index_url, torch_wheels, None)
     target = registry or _settings(None, None, None, None).registry
-    wanted = names or [recipe.name for recipe in all_recipes()]
+    _variants()
+    wanted = names or [recipe.name for recipe in _recipes(None)]
     client = connect()
     digests = {}
     for name in wanted:
@@ -209,12 +227,11 @@ def pull(
     from timmx.errors import DockerError, InvalidInputError
     from timmx.images.engine import connect
     from timmx.images.find import ensure_image
-    from timmx.images.recipes import all_recipes, get_recipe
 
     settings = _settings(base_image, torch_index_url, torch_wheels, registry)
     if not settings.registry:
         raise InvalidInputError("pulling needs --registry HOST[:PORT]/PREFIX (or $TIMMX_REGISTRY)")
-    recipes = [get_recipe(n) for n in names] if names else all_recipes()
+    recipes = _recipes(names)
     client = connect()
     for recipe in recipes:
         shown = _Shown()
@@ -248,11 +265,13 @@ def list_images(
     from timmx.images.listing import image_rows
 
     settings = _settings(base_image, torch_index_url, torch_wheels, registry)
+    _variants()
     rows = image_rows(connect(), settings, names)
     if json_out:
         payload = [
             {
                 "name": r.toolchain,
+                "from": r.base,
                 "image": r.ref,
                 "size": r.size,
                 "status": r.status,
@@ -263,13 +282,12 @@ def list_images(
         console.out.print_json(json.dumps(payload))
         return
     table = Table()
-    for column in ("name", "image", "size", "status", "created"):
+    for column in ("name", "from", "image", "size", "status", "created"):
         table.add_column(column, no_wrap=column in ("image", "size"))
     colours = {"present": "green", "missing": "yellow", "stale": "dim"}
     for r in rows:
-        table.add_row(
-            r.toolchain, r.ref, _gb(r.size), f"[{colours[r.status]}]{r.status}[/]", r.created
-        )
+        status = f"[{colours[r.status]}]{r.status}[/]"
+        table.add_row(r.toolchain, r.base or "-", r.ref, _gb(r.size), status, r.created)
     console.out.print(table)
 
 
@@ -284,6 +302,7 @@ def remove(
     from timmx.images.listing import remove_images
 
     settings = _settings(None, None, None, registry)
+    _variants()
     removed = remove_images(connect(), names, stale_only=stale, settings=settings)
     for ref in removed:
         console.err.print(f"removed {ref}")
@@ -340,3 +359,39 @@ def base(
         f"[green]built[/] {tag} ({_gb(size)}) in {time.monotonic() - started:.0f} s; "
         f"use it with --base-image {tag} or TIMMX_BASE_IMAGE={tag}"
     )
+
+
+@images_app.command("lock")
+def lock(
+    names: LockNames = None,
+    upgrade: Annotated[
+        bool,
+        typer.Option("--upgrade", help="Take the newest releases the pins allow (not the lock's)."),
+    ] = False,
+) -> None:
+    """Resolve each toolchain's exact pins with sha256 hashes (uv, for the images' Python and
+    platform, on the shared torch and timm locks) and write its lock: a built-in's in
+    images/<name>/, a variant's in timmx-locks/ beside the build file (commit it)."""
+    from timmx.images.lock import SHARED_NAME, lock_toolchain, read_pins
+    from timmx.images.recipes import all_recipes
+    from timmx.toolchains import registered, registered_variants
+
+    _variants()
+    builtin = [SHARED_NAME, *(r.name for r in all_recipes())]
+    wanted = names or builtin + [v.name for v in registered_variants()]
+    for name in wanted:
+        with console.err.status(f"locking {name}", spinner="dots"):
+            written = lock_toolchain(name, upgrade=upgrade)
+        variant = registered(name)
+        pinned = {p.name: p.version for p in read_pins(written[0])}
+        versions = [f"{n}=={pinned[n]}" for n, _ in variant.pins if n in pinned] if variant else []
+        where = ", ".join(_shown_path(path) for path in written)
+        summary = ", ".join([f"{len(pinned)} packages", *versions])
+        console.err.print(f"[green]locked[/] {name}: {where} ({summary})")
+
+
+def _shown_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

@@ -20,12 +20,19 @@ def _timm():
 
 
 def show_list(pattern: str, pretrained_only: bool) -> None:
-    timm = _timm()
+    """From the model index (see timmx.model_index): no torch import once it is cached."""
+    from timmx.model_index import list_names, load_index
+
     if not any(ch in pattern for ch in "*?["):
         pattern = f"*{pattern}*"
-    names = timm.list_models(pattern, pretrained=pretrained_only)
-    for name in names:
-        console.out.print(name)
+    try:
+        index = load_index()
+    except ImportError:
+        _timm()  # the one-line error that says what to install
+        raise
+    names = list_names(index, pattern, pretrained_only)
+    if names:
+        console.out.print("\n".join(names), highlight=False, markup=False, soft_wrap=True)
     # On stderr: stdout stays one name a line, for scripts.
     console.err.print(f"Found {len(names)} model{'' if len(names) == 1 else 's'}")
     if not names:
@@ -40,7 +47,15 @@ def show_info(
     num_classes: int | None = None,
     in_chans: int | None = None,
 ) -> None:
-    """The model as an export would create it: the same weights, classes and channels."""
+    """The model as an export would create it: the same weights, classes and channels. Its
+    random-init facts come from the cache after a model's first run (see timmx.model_index)."""
+    from timmx import model_index
+
+    plain = not (pretrained or checkpoint or num_classes is not None or in_chans is not None)
+    cached = model_index.cached_info(model_name) if plain else None
+    if cached is not None:
+        _print_info({**cached, "weights": "random init"}, json_out)
+        return
     timm = _timm()
     from timmx.contract import ExportJob, ModelSpec
     from timmx.modeling import create_model, has_reparam
@@ -81,6 +96,12 @@ def show_info(
         "pretrained_tags": timm.list_pretrained(model_name + "*"),
         "license": (getattr(model, "pretrained_cfg", None) or {}).get("license"),
     }
+    if plain:
+        model_index.store_info(model_name, info)
+    _print_info(info, json_out)
+
+
+def _print_info(info: dict, json_out: bool) -> None:
     if json_out:
         console.out.print_json(json.dumps(info))
         return

@@ -11,7 +11,7 @@ from timmx.contract import ExportResult
 def show_result(result: ExportResult, artifact: Path) -> None:
     from rich.table import Table
 
-    from timmx.output import report_path
+    from timmx.publish import report_path
 
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from timmx.errors import DockerError, first_line
 from timmx.images.find import effective_settings, find_image, toolchain_images
 from timmx.images.identity import BuildSettings, identify
-from timmx.images.recipes import Recipe, all_recipes, get_recipe
+from timmx.images.recipes import Recipe, all_toolchains, get_recipe
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,7 @@ class ImageRow:
     size: int | None
     status: str  # present, missing, stale
     created: str = ""
+    base: str = ""  # a variant's built-in toolchain
 
 
 def image_rows(client, settings: BuildSettings, names: list[str] | None = None) -> list[ImageRow]:
@@ -24,24 +25,29 @@ def image_rows(client, settings: BuildSettings, names: list[str] | None = None) 
     rows = []
     for recipe in _selected(names):
         identity = identify(recipe, effective_settings(client, recipe.name, settings))
+        base = _base(recipe.name)
         found = find_image(client, identity)
         current = {found.id} if found else set()
         if found:
             image = client.images.get(found.id)
             rows.append(
                 ImageRow(
-                    recipe.name, found.ref, image.attrs.get("Size"), "present", _created(image)
+                    recipe.name,
+                    found.ref,
+                    image.attrs.get("Size"),
+                    "present",
+                    _created(image),
+                    base,
                 )
             )
         else:
-            rows.append(ImageRow(recipe.name, identity.ref, None, "missing"))
+            rows.append(ImageRow(recipe.name, identity.ref, None, "missing", base=base))
         for image in toolchain_images(client, recipe.name):
             if image.id in current:
                 continue
             ref = image.tags[0] if image.tags else image.short_id
-            rows.append(
-                ImageRow(recipe.name, ref, image.attrs.get("Size"), "stale", _created(image))
-            )
+            size = image.attrs.get("Size")
+            rows.append(ImageRow(recipe.name, ref, size, "stale", _created(image), base))
     return rows
 
 
@@ -68,7 +74,14 @@ def remove_images(
 
 
 def _selected(names: list[str] | None) -> list[Recipe]:
-    return [get_recipe(n) for n in names] if names else all_recipes()
+    return [get_recipe(n) for n in names] if names else all_toolchains()
+
+
+def _base(name: str) -> str:
+    from timmx.toolchains import registered
+
+    variant = registered(name)
+    return variant.base if variant else ""
 
 
 def _created(image) -> str:

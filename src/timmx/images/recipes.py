@@ -6,6 +6,9 @@ torch and timm locks, the lock check) join a recipe's build context when the Doc
 them and the recipe has no file of that name (a toolchain that needs another torch brings its
 own `torch.lock`). The recipes are found in
 $TIMMX_IMAGES_DIR, in an installed timmx (packaged as `timmx/_recipes`), or in the checkout.
+
+A toolchain variant (`[toolchains.<name>]` in the build file, see timmx.toolchains) is its base
+toolchain's recipe with the variant's locks from `timmx-locks/` in place of the base's.
 """
 
 from __future__ import annotations
@@ -58,12 +61,36 @@ def all_recipes(root: Path | None = None) -> list[Recipe]:
 
 
 def get_recipe(name: str, root: Path | None = None) -> Recipe:
+    """A built-in toolchain's recipe, or a variant's (from the build file: see timmx.toolchains)
+    once its lock is in place and up to date."""
+    from timmx.toolchains import check_lock, registered
+
     recipes = {r.name: r for r in all_recipes(root)}
     if name not in recipes:
+        variant = registered(name)
+        if variant is not None:
+            check_lock(variant)
+            return variant_recipe(variant, recipes[variant.base])
         raise InvalidInputError(
-            f"no image recipe '{name}': choose one of {', '.join(recipes) or 'none'}"
+            f"no image recipe '{name}': choose one of {', '.join(recipes) or 'none'} (or a "
+            "[toolchains.<name>] variant of the timmx.toml here)"
         )
     return recipes[name]
+
+
+def variant_recipe(variant, base: Recipe) -> Recipe:
+    """The base toolchain's recipe with the variant's locks in place of its own."""
+    files = {**base.files, **variant.lock_files()}
+    return Recipe(
+        name=variant.name, folder=variant.lock_path.parent, files=dict(sorted(files.items()))
+    )
+
+
+def all_toolchains(root: Path | None = None) -> list[Recipe]:
+    """The built-in recipes, then the variants the build file here declares."""
+    from timmx.toolchains import registered_variants
+
+    return [*all_recipes(root), *(get_recipe(v.name, root) for v in registered_variants())]
 
 
 def load_recipe(folder: Path) -> Recipe:

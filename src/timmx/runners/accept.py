@@ -31,8 +31,8 @@ from pathlib import Path, PurePosixPath
 from timmx.backends import get_backend
 from timmx.contract import ArtifactFile, ExportJob, ExportResult
 from timmx.errors import ContractError
-from timmx.output import is_folder_artifact, publish, staging_folder
 from timmx.ownership import check_replaceable
+from timmx.publish import publish, staging_folder
 
 _BLOCK = 1 << 20
 # A file's bytes as they are read; at most `limit` + 1 bytes, so a file that grows stops early.
@@ -57,7 +57,7 @@ class Declared:
         name = Path(job.output).name
         return cls(
             name,
-            is_folder_artifact(name, backend),
+            backend.is_folder_artifact(name),
             frozenset(backend.side_files(name)),
             backend.name,
         )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 from timmx.contract import ExportJob, ExportResult
 from timmx.errors import InvalidInputError
-from timmx.output import check_output, report_path, write_text_atomic
+from timmx.publish import check_output, report_path, write_text_atomic
 
 if TYPE_CHECKING:
     from timmx.backends.base import Backend, BackendOptions

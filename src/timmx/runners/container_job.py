@@ -14,7 +14,7 @@ from pathlib import Path
 
 from timmx.contract import OPTION_SLOT, ExportJob
 from timmx.errors import CheckpointError, InvalidInputError
-from timmx.output import write_text_atomic
+from timmx.publish import write_text_atomic
 
 JOB_DIR = "/job"
 

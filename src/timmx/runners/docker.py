@@ -27,7 +27,8 @@ from timmx.errors import DockerError, ModelError, first_line
 from timmx.images.engine import connect
 from timmx.images.find import ensure_image
 from timmx.images.identity import BuildSettings
-from timmx.output import staging_folder
+from timmx.publish import staging_folder
+from timmx.quiet import debug_output
 from timmx.runners.base import (
     NothingWarm,
     Progress,
@@ -59,8 +60,10 @@ class DockerRunner(NothingWarm):
         build: bool = True,
         pids_limit: int | None = None,
         settings: BuildSettings | None = None,
+        toolchain: str | None = None,
     ) -> None:
         check_limits(memory, timeout_s)  # before any engine is contacted
+        self.toolchain = toolchain  # a variant's name; None: the backend's own toolchain
         self.memory = memory
         self.timeout_s = timeout_s
         self.build = build
@@ -79,7 +82,7 @@ class DockerRunner(NothingWarm):
         try:
             image = ensure_image(
                 client,
-                backend.toolchain,
+                self.toolchain or backend.toolchain,
                 settings,
                 build=self.build,
                 notice=progress,
@@ -91,10 +94,11 @@ class DockerRunner(NothingWarm):
                 mounts = stage_job(job, workspace, staging, destination.name)
                 out = staging / "out"
                 tick = time.perf_counter()
-                code, oom, timed_out, tail = self._run_container(
+                code, oom, timed_out, tail, other = self._run_container(
                     client, image.ref, mounts, staging, progress
                 )
                 container_s = time.perf_counter() - tick
+                keep_log(other, destination, progress)
                 result = read_result(out / "result.json")
                 if result is None:
                     raise no_result(code, oom, timed_out, tail, self, backend.name)
@@ -131,8 +135,10 @@ class DockerRunner(NothingWarm):
 
     def _run_container(
         self, client, image: str, mounts: Mounts, staging: Path, progress: Progress
-    ) -> tuple[int, bool, bool, list[str]]:
-        """Run to the end (or the time limit); the container is removed whatever happens."""
+    ) -> tuple[int, bool, bool, list[str], list[str]]:
+        """Run to the end (or the time limit); the container is removed whatever happens.
+        Returns its exit code, whether it ran out of memory or time, its last lines, and what
+        it wrote on stderr (kept off the terminal: see keep_log)."""
         from docker.errors import APIError
 
         try:
@@ -155,17 +161,70 @@ class DockerRunner(NothingWarm):
             started = int(time.time()) - 1
             container.start()
             timer.start()
-            for line in log_lines(container.logs(stream=True, follow=True)):
+            # The worker's steps are on stdout; converters' own logs (C++ libraries too) on
+            # stderr, kept off the terminal unless --debug (see keep_log). Both are read while
+            # it runs: the engine removes the container when it ends.
+            verbose = debug_output()
+            other: list[str] = []
+            reader = None
+            if not verbose:
+                reader = threading.Thread(
+                    target=_collect, args=(container, other), name="timmx-stderr", daemon=True
+                )
+                reader.start()
+            for line in log_lines(container.logs(stream=True, follow=True, stderr=verbose)):
                 tail.append(line)
                 if not line.startswith("error: "):  # the host says it, with the host's paths
                     progress(line)
             code = exit_code()
+            if reader is not None:
+                reader.join(timeout=GRACE_S)
+            tail.extend(other)  # a failure's last lines: the worker's `error:` line among them
             oom = code == EXIT_SIGKILL and ran_out_of_memory(client, container.id, started)
-            return code, oom, timed_out.is_set(), list(tail)
+            return code, oom, timed_out.is_set(), list(tail), other
         finally:
             timer.cancel()
             with suppress(APIError):
                 container.remove(force=True)
+
+
+MAX_KEPT_LINES = 20_000  # of a container's stderr, for its log file: the first and last half
+
+
+def _collect(container, lines: list[str], limit: int = MAX_KEPT_LINES) -> None:
+    """The container's stderr, a line at a time, until it ends; past `limit` lines the first
+    and the last half of them (the worker's `error:` line is last), and how many were left out."""
+    last: deque[str] = deque(maxlen=limit - limit // 2)
+    left_out = 0
+    with suppress(Exception):  # the engine dropped the stream: the container is gone
+        for line in log_lines(container.logs(stream=True, follow=True, stdout=False)):
+            if len(lines) < limit // 2:
+                lines.append(line)
+                continue
+            left_out += len(last) == last.maxlen
+            last.append(line)
+    if left_out:
+        lines.append(f"... ({left_out} lines left out)")
+    lines.extend(last)
+
+
+def keep_log(lines: list[str], destination: Path, progress: Progress) -> Path | None:
+    """What the container wrote besides timmx's own steps (converters' and native libraries'
+    logs) in a log file of the user's cache, named in one progress line; None if it wrote none."""
+    if not lines:
+        return None
+    from timmx.model_index import cache_folder
+
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    path = cache_folder() / "logs" / f"{destination.name}.{stamp}.{os.getpid()}.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n")
+    except OSError:
+        return None
+    count = f"{len(lines)} line{'' if len(lines) == 1 else 's'}"
+    progress(f"the converter's own output ({count}) is in {path}; --debug shows it")
+    return path
 
 
 def ran_out_of_memory(client, container_id: str, since: int) -> bool:

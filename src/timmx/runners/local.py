@@ -13,13 +13,27 @@ from timmx.backends.base import Backend, BackendOptions, ExportContext
 from timmx.contract import ExportJob, ExportResult, Verification
 from timmx.environment import describe
 from timmx.errors import ExportFailedError, TimmxError, VerificationError, first_line
-from timmx.output import describe_files, publish, staging_folder
 from timmx.ownership import check_replaceable
+from timmx.publish import describe_files, publish, staging_folder
 from timmx.quiet import converters_quiet, fewer_collections
 from timmx.runners.base import NothingWarm, Progress, check_job, no_progress, save_report
 
 if TYPE_CHECKING:
     from timmx.modeling import PreparedModel
+
+
+RANDOM_WEIGHTS = (
+    "random weights (neither --pretrained nor --checkpoint): fine for a smoke test, misleading "
+    "for size, speed or accuracy (timm zero-initialises residual branches; converters fold "
+    "them away)"
+)
+
+
+def random_weights(job: ExportJob) -> bool:
+    """True when the model keeps timm's random initialisation: no weights from anywhere."""
+    spec = job.model
+    loads = ("checkpoint_path", "pretrained_cfg_overlay", "pretrained_cfg")
+    return not (spec.pretrained or spec.checkpoint or any(k in spec.kwargs for k in loads))
 
 
 class LocalRunner(NothingWarm):
@@ -71,6 +85,8 @@ class LocalRunner(NothingWarm):
                     timm_model=prepared.timm_model,
                     data_config=prepared.data_config,
                 )
+                if random_weights(job):
+                    ctx.warn(RANDOM_WEIGHTS)
                 progress(f"Exporting to {backend.name}")
                 tick = time.perf_counter()
                 with self._converter(f"{backend.name} export of {job.model.name} failed"):
@@ -101,7 +117,8 @@ class LocalRunner(NothingWarm):
                     ctx.warnings.append(f"{why}: its max abs error was {worst:.3g}")
             if verification.status == "failed":
                 fix = backend.nonfinite_fix(options)
-                raise VerificationError(describe_failure(verification, fix))
+                advice = backend.verification_advice(options)
+                raise VerificationError(describe_failure(verification, fix, advice))
 
             tick = time.perf_counter()
             artifacts = describe_files(staged, staging)

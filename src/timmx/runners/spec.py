@@ -55,6 +55,7 @@ class LocalSpec(_Spec):
 class DockerSpec(_Limited):
     kind: Literal["docker"] = "docker"
     pids_limit: int | None = None
+    toolchain: str | None = None  # a toolchain variant's image instead of the backend's
 
 
 class WarmProcessSpec(_Spec):
@@ -101,6 +102,7 @@ def open_runner(spec: RunnerSpec) -> Runner:
                 timeout_s=spec.timeout_s,
                 build=spec.build,
                 pids_limit=spec.pids_limit,
+                toolchain=spec.toolchain,
             )
         case WarmProcessSpec():
             from timmx.runners.warm_process import WarmProcess

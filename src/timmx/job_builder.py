@@ -144,12 +144,15 @@ JOB_FLAGS: dict[str, Flag] = {
 
 # Where the job runs (not part of the job): the CLI's isolation flags, the API's keywords.
 RUN_FLAGS: dict[str, Flag] = {
+    # --isolated alone is --isolated true (see timmx.cli.export.isolated_values).
     "isolated": _flag(
-        bool,
-        False,
+        str | None,
+        None,
         "--isolated",
         panel=ISOLATION,
-        help="Run the backend in its pinned Docker image instead of this process.",
+        metavar="[auto]",
+        help="Run the backend in its pinned Docker image instead of this process; "
+        "`--isolated auto` (or TIMMX_ISOLATED=auto): only when its packages do not import here.",
     ),
     "build": _flag(
         bool,
@@ -261,6 +264,9 @@ def with_defaults(backend: Backend, given: dict[str, Any]) -> dict[str, Any]:
         raise InvalidInputError(f"unknown option '{name}' for the {backend.name} backend: {hint}")
     values = {name: flag.default for name, flag in flags.items()}
     values.update(given)
+    from timmx.isolation import given_or_environment, resolve
+
+    values["isolated"] = resolve(backend, given_or_environment(given))  # --isolated auto
     return values
 
 

@@ -79,6 +79,16 @@ class CalibratingBackend(Backend):
         return calibration_batches(ctx, options.calibration_mean, options.calibration_std)
 
 
+def int8_advice(what_passes: str) -> str:
+    """A quantized artifact that failed verification: what passed on the models that fail so,
+    measured by benchmarks/quantized_refusals.py (its table is in benchmarks/results/)."""
+    return (
+        "int8 loses too much on this model. On mobilenetv3 and mobilenetv4, which fail so, "
+        f"{what_passes} passed, while 3x the calibration samples, dynamic-int8 and the other "
+        "backend's int8 failed too (benchmarks/results/quantized_refusals.md)"
+    )
+
+
 def require_mode(flag: str, mode: str, wanted: str, reason: str) -> None:
     """A flag that only means something in one mode: refused in any other, saying why."""
     if mode != wanted:

@@ -56,12 +56,6 @@ def create_output_folder(folder: Path, fix: str) -> None:
         ) from None
 
 
-def is_folder_artifact(name: str, backend: Backend) -> bool:
-    """Whether `backend`'s artifact named `name` is a folder (every file in it is the
-    artifact's) rather than a file: the backend declares it."""
-    return backend.is_folder_artifact(name)
-
-
 @contextmanager
 def staging_folder(destination: Path) -> Iterator[Path]:
     """A private folder beside `destination`, removed on exit whatever happens. It records its
