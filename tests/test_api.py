@@ -132,10 +132,11 @@ def test_the_reports_timings_add_up(workdir, make_checkpoint):
     timings = dict(result.timings)
     total = timings.pop("total_s")
     assert {"import_s", "model_s", "export_s", "verify_s", "report_s"} <= set(timings)
-    # The phases are disjoint parts of the whole: each took time, and together no more than it
-    # (the bookkeeping between them is the rest). No measured figure stands in for this.
-    assert all(seconds > 0 for seconds in timings.values()), timings
-    assert sum(timings.values()) <= total, timings
+    # The phases are disjoint parts of the whole: together no more than it (the bookkeeping
+    # between them is the rest). No measured figure stands in for this; the report rounds each
+    # to the millisecond, so the sum may pass the total by half a millisecond per value.
+    assert all(seconds >= 0 for seconds in timings.values()), timings
+    assert sum(timings.values()) <= total + 0.0005 * (len(timings) + 1), timings
 
 
 def test_a_second_backend_of_the_same_name_is_refused():

@@ -5,7 +5,8 @@
     result.verification.status      # "passed"
 
 Options are the CLI's flags as keyword arguments (`--dynamic-batch` is `dynamic_batch=True`,
-`--isolated` is `isolated=True`); paths are relative to the current folder. Failures raise the
+`--isolated` is `isolated=True`, `--toolchain NAME` is `toolchain="NAME"`); paths are relative
+to the current folder. Failures raise the
 same one-line `TimmxError`s the CLI prints. `export_model` and `backends` behave as upstream
 timmx's functions of the same names, so scripts written for it run unchanged.
 """
@@ -45,9 +46,22 @@ def job_and_runner(
     from timmx.job_builder import build_job, with_defaults
     from timmx.runners.spec import DockerSpec, LocalSpec, open_runner
 
+    options = dict(options)
+    toolchain = options.pop("toolchain", None)  # a [toolchains.NAME] variant: always isolated
+    variant = None
+    if toolchain is not None:
+        from timmx.toolchains import toolchain_for_export
+
+        variant = toolchain_for_export(backend, toolchain)
+        options["isolated"] = True
     values = with_defaults(backend, options)
     spec = (
-        DockerSpec(memory=values["memory"], timeout_s=values["timeout"], build=values["build"])
+        DockerSpec(
+            memory=values["memory"],
+            timeout_s=values["timeout"],
+            build=values["build"],
+            toolchain=variant,
+        )
         if values["isolated"]
         else LocalSpec(verbose=verbose)
     )

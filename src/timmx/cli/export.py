@@ -160,24 +160,9 @@ def _run(
 ) -> None:
     from timmx.api import job_and_runner
 
-    variant = None
     if toolchain is not None:
-        from timmx.toolchains import toolchain_for_export
-
-        variant = toolchain_for_export(backend, toolchain)
-        values = {**values, "isolated": True}
+        values = {**values, "toolchain": toolchain}
     job, runner = job_and_runner(backend, model_name, values, console.debug_enabled())
-    if variant is not None:
-        from timmx.runners.spec import DockerSpec, open_runner
-
-        runner = open_runner(
-            DockerSpec(
-                memory=values["memory"],
-                timeout_s=values["timeout"],
-                build=values["build"],
-                toolchain=variant,
-            )
-        )
     workspace = Path.cwd()
     if type(runner).__name__ != "LocalRunner":  # a container's steps, a line each
         result = runner.run(job, workspace, progress=_print_progress)
