@@ -723,9 +723,9 @@ def test_coreml_neuralnetwork_default_is_an_mlmodel(cli, upstream_dir):
 def test_executorch_upstream_flags_parse(upstream_dir, flags, options):
     from typer.main import get_command
 
+    from timmx.api import job_and_runner
     from timmx.backends import get_backend
     from timmx.cli.app import app
-    from timmx.job_builder import build_job, with_defaults
 
     group = get_command(app).commands["export"]
     command = group.get_command(None, "executorch")
@@ -733,7 +733,7 @@ def test_executorch_upstream_flags_parse(upstream_dir, flags, options):
     ctx = command.make_context("executorch", argv)
     values = {k: v for k, v in ctx.params.items() if k not in ("model_name", "json_out")}
     backend = get_backend("executorch")
-    job = build_job(backend, "resnet18", with_defaults(backend, values))
+    job, _ = job_and_runner(backend, "resnet18", values, verbose=False)  # the CLI's own path
     backend.check(job, backend.parse_options(job.options))
     for key, value in options.items():
         assert job.options[key] == value
