@@ -151,20 +151,13 @@ def _parameters(backend: Backend) -> list[inspect.Parameter]:
     return params
 
 
-def _run(
-    backend: Backend,
-    model_name: str,
-    json_out: bool,
-    values: dict[str, Any],
-    toolchain: str | None = None,
-) -> None:
+def _run(backend: Backend, model_name: str, json_out: bool, values: dict[str, Any]) -> None:
     from timmx.api import job_and_runner
+    from timmx.runners.local import LocalRunner
 
-    if toolchain is not None:
-        values = {**values, "toolchain": toolchain}
     job, runner = job_and_runner(backend, model_name, values, console.debug_enabled())
     workspace = Path.cwd()
-    if type(runner).__name__ != "LocalRunner":  # a container's steps, a line each
+    if not isinstance(runner, LocalRunner):  # a container's steps, a line each
         result = runner.run(job, workspace, progress=_print_progress)
     else:
         with console.err.status("Starting", spinner="dots") as status:
@@ -182,10 +175,8 @@ def _print_progress(message: str) -> None:
 
 
 def _make_command(backend: Backend):
-    def command(
-        model_name: str, json_out: bool = False, toolchain: str | None = None, **values: Any
-    ) -> None:
-        _run(backend, model_name, json_out, values, toolchain)
+    def command(model_name: str, json_out: bool = False, **values: Any) -> None:
+        _run(backend, model_name, json_out, values)  # --toolchain too: job_and_runner takes it
 
     command.__signature__ = inspect.Signature(_parameters(backend))  # type: ignore[attr-defined]
     command.__name__ = backend.name.replace("-", "_")
