@@ -101,6 +101,23 @@ CASES: dict[str, dict[str, Case]] = {
         "dynamic-int8": Case(("--mode", "dynamic-int8"), "int8", isolated=True),
         "int8": Case(("--mode", "int8"), "int8", "tensor", isolated=True),
     },
+    "rknn": {
+        "fp16": Case(("--target-platform", "rk3588", "--mode", "fp16"), "fp16", isolated=True),
+        "int8": Case(
+            ("--target-platform", "rk3588", "--mode", "int8"), "int8", "tensor", isolated=True
+        ),
+    },
+    "saved-model": {
+        "fp32": Case(),
+        "nhwc-input": Case(("--nhwc-input",)),
+    },
+    "tfjs": {
+        "fp32": Case(isolated=True),
+        "float16": Case(("--quantize", "float16"), "fp16", isolated=True),
+        # uint8 weights (affine per tensor), expanded to float32 at load: int8-like
+        "uint8": Case(("--quantize", "uint8"), "int8", isolated=True),
+        "nhwc-input": Case(("--nhwc-input",), isolated=True),
+    },
     "torchscript": {
         "trace": Case(("--method", "trace")),
         "script": Case(("--method", "script")),
@@ -117,7 +134,7 @@ NOT_RUN = {
     ("executorch", "delegate", "mlx"): "runs only on macOS; its refusal is in test_readme_command",
 }
 # Options whose values are modes or precisions: each value needs a case (or a NOT_RUN entry).
-MODE_FIELDS = ("mode", "delegate", "compute_precision", "convert_to", "method")
+MODE_FIELDS = ("mode", "delegate", "compute_precision", "convert_to", "method", "quantize")
 
 
 def _one_by_one(run: Callable[[Path, np.ndarray], np.ndarray]) -> Callable:
@@ -168,6 +185,13 @@ def _mnn(artifact: Path, x: np.ndarray, case: Case) -> np.ndarray:
     return np.concatenate([run_mnn(artifact, s[None]) for s in x])
 
 
+def _saved_model(artifact: Path, x: np.ndarray, case: Case) -> np.ndarray:
+    require("tensorflow")
+    from tests.test_export_saved_model import run_saved_model
+
+    return run_saved_model(artifact, x, nhwc="--nhwc-input" in case.flags)
+
+
 def _coreai(artifact: Path, x: np.ndarray, case: Case) -> np.ndarray:
     require("coreai.runtime")
     from tests.test_export_coreai import run_asset
@@ -179,6 +203,21 @@ def _executorch(artifact: Path, x: np.ndarray, case: Case) -> np.ndarray:
     from tests.isolated.in_image import run_pte
 
     outputs = run_pte(artifact, {f"x{i}": s[None] for i, s in enumerate(x)})
+    return np.concatenate([outputs[f"x{i}"] for i in range(len(x))])
+
+
+def _tfjs(artifact: Path, x: np.ndarray, case: Case) -> np.ndarray:
+    from tests.isolated.test_isolated_tfjs import run_tfjs
+
+    return run_tfjs(artifact, x, nhwc="--nhwc-input" in case.flags)
+
+
+def _rknn(artifact: Path, x: np.ndarray, case: Case) -> np.ndarray:
+    # rknn-toolkit2 simulates no saved .rknn: the same job exported again in the image, its
+    # build run there (and the artifact read back)
+    from tests.isolated.test_isolated_rknn import run_rknn_job
+
+    outputs = run_rknn_job(artifact, {f"x{i}": s[None] for i, s in enumerate(x)})
     return np.concatenate([outputs[f"x{i}"] for i in range(len(x))])
 
 
@@ -198,8 +237,11 @@ RUNNERS: dict[str, Callable[[Path, np.ndarray, Case], np.ndarray]] = {
     "coreml": _coreml,
     "ncnn": _ncnn,
     "mnn": _mnn,
+    "saved-model": _saved_model,
     "coreai": _coreai,
     "executorch": _executorch,
+    "rknn": _rknn,
+    "tfjs": _tfjs,
     "torch-export": _one_by_one(_torch_export),
     "torchscript": _one_by_one(_torchscript),
 }
@@ -209,7 +251,9 @@ def _params() -> list:
     params = []
     for backend in all_backends():
         for mode, case in CASES.get(backend.name, {"default": Case()}).items():
-            marks = [pytest.mark.isolated] if case.isolated else []
+            # an isolated-only backend's image is built last (tests/prebuild.py): named here
+            named = (backend.toolchain,) if backend.isolated_only else ()
+            marks = [pytest.mark.isolated(*named)] if case.isolated else []
             params.append(
                 pytest.param(backend.name, case, id=f"{backend.name}-{mode}", marks=marks)
             )

@@ -174,7 +174,10 @@ def test_every_backend_declares_parseable_ranges():
         for requirement in backend.supported:
             _name, spec = re.match(r"([A-Za-z0-9._-]+)(.*)", requirement).groups()
             assert spec.startswith((">=", "<", ">")), requirement
-            assert in_range("99999999999", spec.split(",")[0]), requirement
+            # a floor takes every newer release; a ceiling (tfjs's setuptools<82) every older one
+            bound = spec.split(",")[0]
+            edge = "0" if bound.startswith("<") else "99999999999"
+            assert in_range(edge, bound), requirement
 
 
 def _uv() -> None:
@@ -223,6 +226,38 @@ def test_lock_refreshes_a_builtin_lock_with_hashes(cli, workdir, monkeypatch):
     assert {p.name: p.version for p in after} == before
     assert all(p.hashes for p in after)
     assert (images / "ncnn/requirements.lock").read_text().startswith("# The ncnn toolchain")
+
+
+def test_lock_hashes_a_torch_layer_as_pypis_wheels(cli, workdir, monkeypatch):
+    """executorch's own torch layer: the same versions, now each with PyPI's hashes, the CUDA
+    wheels in the constraints; pip takes both files with --require-hashes from PyPI."""
+    _uv()
+    from timmx.images.lock import read_pins
+    from timmx.images.recipes import recipes_root
+
+    images = workdir / "images"
+    shutil.copytree(recipes_root(), images)
+    monkeypatch.setenv("TIMMX_IMAGES_DIR", str(images))
+    files = [images / "executorch" / n for n in ("torch.lock", "torch.constraints")]
+    before = [{p.name: p.version for p in read_pins(f)} for f in files]
+    assert cli("images", "lock", "executorch").code == 0
+    after = [read_pins(f) for f in files]
+    assert [{p.name: p.version for p in pins} for pins in after] == before
+    assert all(p.hashes for pins in after for p in pins)
+    assert {p.name for p in after[0]} >= {"torch", "torchvision"}
+    assert all(p.name.startswith(("nvidia-", "cuda-", "triton")) for p in after[1])
+
+
+def test_the_build_args_choose_hashes_by_the_torch_source(tmp_path):
+    from timmx.images.identity import BuildSettings
+
+    def hashes(**settings) -> str:
+        return BuildSettings.resolve(**settings).build_args()["TORCH_HASHES"]
+
+    assert hashes(torch_index_url="https://pypi.org/simple/") == "1"
+    assert hashes(torch_index_url="") == "1"  # pip's own index
+    assert hashes(torch_index_url="https://download.pytorch.org/whl/cpu") == ""
+    assert hashes(torch_index_url="", torch_wheels=tmp_path) == ""
 
 
 def _builtin_pin(toolchain: str, package: str) -> str:

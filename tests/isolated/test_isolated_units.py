@@ -43,8 +43,12 @@ def test_torch_recipes_share_one_dockerfile_and_locks():
     assert {r.files["Dockerfile"] for r in recipes} == {shared / "Dockerfile"}
     assert all(r.files["timm.lock"] == shared / "timm.lock" for r in recipes)
     own_torch = {r.name for r in recipes if r.files["torch.lock"] != shared / "torch.lock"}
-    assert own_torch == {"executorch"}  # executorch links torch 2.13
+    # executorch links torch 2.13; rknn-toolkit2 requires torch<=2.4
+    assert own_torch == {"executorch", "rknn"}
     assert len(recipes) - len(own_torch) >= 2
+    # what is not a Python package comes from a recipe's setup.sh, in the same Dockerfile
+    own_setup = {r.name for r in recipes if r.files["setup.sh"] != shared / "setup.sh"}
+    assert own_setup == {"rknn", "tfjs"}  # OpenCV's libGL; Node.js and TF.js
 
 
 def test_locks_pin_exact_versions():

@@ -13,8 +13,11 @@ import types
 from importlib.metadata import entry_points
 from typing import TypeVar
 
+from timmx.backends._load_order import load_triton_before_tensorflow
 from timmx.backends.base import Backend
 from timmx.errors import InvalidInputError
+
+load_triton_before_tensorflow()  # before any backend imports TensorFlow: see _load_order
 
 B = TypeVar("B", bound=type[Backend])
 

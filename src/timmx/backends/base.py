@@ -131,6 +131,9 @@ class Backend(ABC):
     uses_calibration: ClassVar[bool] = False
     # The values of the options' `mode` that read calibration data (empty: every mode does).
     calibrated_modes: ClassVar[tuple[str, ...]] = ()
+    # Why its toolchain cannot be installed beside timmx's (a torch or numpy it pins, a runtime
+    # outside Python): it runs only in its image, and `timmx doctor` and refusals say so.
+    isolated_only: ClassVar[str | None] = None
 
     @property
     def toolchain(self) -> str:
@@ -227,6 +230,12 @@ class Backend(ABC):
 
     def ensure_available(self) -> None:
         missing = self.missing_packages()
+        if missing and self.isolated_only:
+            raise BackendUnavailableError(
+                f"the {self.name} backend runs only in its Docker image ({self.isolated_only}): "
+                "add --isolated (TIMMX_ISOLATED=auto does so whenever a backend's packages are "
+                "missing)"
+            )
         if missing:
             raise BackendUnavailableError(
                 f"the {self.name} backend needs {', '.join(missing)} here: "

@@ -37,6 +37,7 @@ def run_doctor(json_out: bool) -> None:
                 "backend": backend.name,
                 "in_process": not missing,
                 "missing": missing,
+                "isolated_only": backend.isolated_only,
                 "image": backend.toolchain,
             }
         )
@@ -50,11 +51,12 @@ def run_doctor(json_out: bool) -> None:
     table.add_column("in-process")
     table.add_column("--isolated image")
     for row in rows:
-        status = (
-            "[green]yes[/]"
-            if row["in_process"]
-            else f"[yellow]no[/] (needs {', '.join(row['missing'])})"
-        )
+        if row["in_process"]:
+            status = "[green]yes[/]"
+        elif row["isolated_only"]:
+            status = f"[yellow]no[/] (isolated only: {console.escape(row['isolated_only'])})"
+        else:
+            status = f"[yellow]no[/] (needs {', '.join(row['missing'])})"
         table.add_row(row["backend"], status, f"timmx-{row['image']}")
     console.out.print(table)
     versions = ", ".join(f"{k} {v}" for k, v in env.packages.items()) or "none"

@@ -30,6 +30,8 @@ LABEL_TORCH_WHEELS = "ai.timmx.torch-wheels"
 LABEL_VERSION = "org.opencontainers.image.version"  # the timmx that built it (the Dockerfile too)
 BUILD_FIELDS = ("base_image", "torch_index_url", "torch_wheels")
 _TAG_CHARS = 16
+# "": pip's own index (PyPI, or the mirror pip is configured with)
+PYPI_INDEXES = ("", "https://pypi.org/simple")
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,18 @@ class BuildSettings:
             LABEL_TORCH_WHEELS: str(self.torch_wheels or ""),
         }
 
+    @property
+    def torch_from_pypi(self) -> bool:
+        """Whether the torch layer comes from PyPI's wheels, whose hashes the torch locks hold
+        (not the CPU index's +cpu wheels, nor a wheel folder's)."""
+        return self.torch_wheels is None and self.torch_index_url.rstrip("/") in PYPI_INDEXES
+
     def build_args(self) -> dict[str, str]:
-        return {"BASE_IMAGE": self.base_image, "TORCH_INDEX_URL": self.torch_index_url}
+        return {
+            "BASE_IMAGE": self.base_image,
+            "TORCH_INDEX_URL": self.torch_index_url,
+            "TORCH_HASHES": "1" if self.torch_from_pypi else "",
+        }
 
     def wheel_files(self) -> list[Path]:
         if self.torch_wheels is None:

@@ -11,8 +11,10 @@ written one line per package with every hash of its release, for `pip install
 
 A built-in toolchain's lock is `images/<name>/requirements.lock` (its leading comments kept); a
 variant's is `timmx-locks/<name>.lock` beside the build file, with `<name>.torch.lock` and
-`<name>.torch.constraints` when it pins torch (the torch layer is installed from the PyPI or the
-PyTorch CPU index, whose wheels differ: it is pinned by version only, as the shared one is).
+`<name>.torch.constraints` when it pins torch. A torch layer's two files (the shared one's, with
+`timmx images lock _shared`, and a toolchain's own) carry the hashes of PyPI's wheels: an image
+whose torch comes from PyPI installs it `--require-hashes` too. From the PyTorch CPU index or a
+wheel folder (other files, other hashes) it installs by version, hashes aside.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from timmx.toolchains import (
 PYTHON_VERSION = "3.11"
 GLIBC = "2_36"  # Debian bookworm, the base image's
 _MARK = "# lock: "
+_OVER = "# installed over the layers below: "
 # What only some torch builds pull in (PyPI's CUDA build): the torch layer's constraints.
 _CUDA = re.compile(r"(nvidia-|cuda-|triton$)")
 _PIN = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
@@ -53,9 +56,9 @@ class Pinned:
     version: str
     hashes: tuple[str, ...]
 
-    def line(self, hashes: bool = True) -> str:
+    def line(self) -> str:
         """One line per package (a bump is a one-line diff): `name==version --hash=...`."""
-        if not hashes or not self.hashes:
+        if not self.hashes:
             return f"{self.name}=={self.version}"
         return " ".join([f"{self.name}=={self.version}", *(f"--hash={h}" for h in self.hashes)])
 
@@ -85,6 +88,14 @@ def main_packages(toolchain: str) -> list[str]:
     return [name for name in roots if name not in ("torch", "timm")]
 
 
+def supported_ranges(toolchain: str) -> list[str]:
+    """Its backends' `supported` ranges: a lock never picks a release their code does not take
+    (tensorflowjs 3.x fits the shared layers; the tfjs backend needs 4.22)."""
+    from timmx.backends import all_backends
+
+    return [r for b in all_backends() if b.toolchain == toolchain for r in b.supported]
+
+
 def read_pins(path: Path) -> list[Pinned]:
     """The `name==version` entries of a lock, with their `--hash=` options."""
     pinned: list[Pinned] = []
@@ -103,9 +114,9 @@ def read_pins(path: Path) -> list[Pinned]:
 SHARED_NAME = "_shared"  # the shared timm layer's lock, images/_shared/timm.lock
 
 
-def lock_shared(root: Path) -> Path:
-    """Hash the shared timm layer's pins (chosen by hand: see the toolchains' notes), within the
-    shared torch layer's; refused when they miss a dependency."""
+def lock_shared(root: Path) -> list[Path]:
+    """Hash the shared torch layer's pins, and the shared timm layer's (chosen by hand: see the
+    toolchains' notes) within them; refused when they miss a dependency."""
     shared = root / SHARED_NAME
     path = shared / "timm.lock"
     layers = [shared / "torch.lock", shared / "torch.constraints"]
@@ -120,7 +131,24 @@ def lock_shared(root: Path) -> Path:
         )
     kept = [line for line in _comments(path) if not line.startswith(_MARK)]
     _write(path, [*kept, _MARK + _made_by(SHARED_NAME)], [p for p in pinned if p.name in wanted])
-    return path
+    return [*lock_torch_layer(*layers, SHARED_NAME), path]
+
+
+def lock_torch_layer(lock: Path, constraints: Path, name: str) -> list[Path]:
+    """Hash a torch layer's pins (`lock`: torch, torchvision and what every build of them needs;
+    `constraints`: what only PyPI's CUDA build pulls in) as PyPI's wheels, versions kept."""
+    current = read_pins(lock) + read_pins(constraints)
+    pinned = _resolve([f"{p.name}=={p.version}" for p in current], [], [])
+    changed = {p.name for p in pinned} ^ {p.name for p in current}
+    if changed:
+        raise InvalidInputError(
+            f"{lock} and {constraints} do not pin what torch needs ({', '.join(sorted(changed))}"
+            " differ): re-lock them with a toolchain variant that pins torch, then copy its files"
+        )
+    header = [line for line in _comments(lock) if not line.startswith(_MARK)]
+    _write(lock, [*header, _MARK + _made_by(name)], [p for p in pinned if not _CUDA.match(p.name)])
+    _write(constraints, _comments(constraints), [p for p in pinned if _CUDA.match(p.name)])
+    return [lock, constraints]
 
 
 def lock_toolchain(name: str, upgrade: bool = False) -> list[Path]:
@@ -128,11 +156,13 @@ def lock_toolchain(name: str, upgrade: bool = False) -> list[Path]:
     if name == SHARED_NAME:
         from timmx.images.recipes import recipes_root
 
-        return [lock_shared(recipes_root())]
+        return lock_shared(recipes_root())
     variant = registered(name)
     if variant is None:
         recipe = get_recipe(name)
-        return [_lock_builtin(recipe, upgrade)]
+        own = [recipe.folder / n for n in ("torch.lock", "torch.constraints")]
+        torch_layer = lock_torch_layer(*own, name) if all(p.is_file() for p in own) else []
+        return [*torch_layer, _lock_builtin(recipe, upgrade)]
     return _lock_variant(variant, get_recipe(variant.base), upgrade)
 
 
@@ -140,13 +170,40 @@ def _lock_builtin(recipe: Recipe, upgrade: bool) -> Path:
     path = recipe.folder / TOOLCHAIN_LOCK
     layers = [recipe.files[n] for n in ("torch.lock", "torch.constraints", "timm.lock")]
     roots = main_packages(recipe.name)
+    roots += supported_ranges(recipe.name) if roots else []
     preferred = [path] if path.is_file() and not upgrade else []
-    pinned = _resolve(roots, layers, preferred) if roots else []
-    below = {p.name for layer in layers for p in read_pins(layer)}
-    kept = [line for line in _comments(path) if not line.startswith(_MARK)]
+    below = {p.name: p.version for layer in layers for p in read_pins(layer)}
+    try:
+        pinned = _resolve(roots, layers, preferred) if roots else []
+    except InvalidInputError as within:
+        pinned = _over_the_layers(recipe, roots, layers, preferred, within)
+    kept = [line for line in _comments(path) if not line.startswith((_MARK, _OVER))]
     header = [*kept, _MARK + _made_by(recipe.name)]
-    _write(path, header, [p for p in pinned if p.name not in below])
+    over = sorted(
+        f"{p.name} {p.version}" for p in pinned if below.get(p.name, p.version) != p.version
+    )
+    if over:
+        header.append(_OVER + ", ".join(over))
+    _write(path, header, [p for p in pinned if below.get(p.name) != p.version])
     return path
+
+
+def _over_the_layers(
+    recipe: Recipe, roots: list[str], layers: list[Path], preferred: list[Path], within: Exception
+) -> list[Pinned]:
+    """A toolchain that needs other versions of what the torch and timm layers pin (tensorflow
+    2.19's numpy<2.2): resolved with those pins as preferences, the torch pair and timm kept, so
+    its lock installs the few that differ over the shared layers (no torch layer of its own)."""
+    fixed = {p.name: p.version for layer in layers for p in read_pins(layer)}
+    kept = [f"{n}=={fixed[n]}" for n in (*TORCH_PAIR, "timm") if n in fixed]
+    try:
+        return _resolve(roots + kept, [], [*preferred, *layers])
+    except InvalidInputError:
+        raise InvalidInputError(
+            f"{recipe.name} does not fit the torch and timm layers ({within}), not even with "
+            "other versions of their other packages: give images/"
+            f"{recipe.name}/ a torch.lock of its own"
+        ) from None
 
 
 def _lock_variant(variant: Variant, base: Recipe, upgrade: bool) -> list[Path]:
@@ -207,14 +264,13 @@ def _lock_variant(variant: Variant, base: Recipe, upgrade: bool) -> list[Path]:
     _write(variant.lock_path, header, [p for p in rest if p.name not in timm_names])
     torch_header = [
         f"# torch + torchvision for the {variant.name} toolchain (`timmx images lock "
-        f"{variant.name}`): by version, as the CPU index's +cpu wheels match them too."
+        f"{variant.name}`), hashed as PyPI's wheels (the CPU index's +cpu ones install by version)."
     ]
-    _write(variant.torch_lock_path, torch_header, torch_part, hashes=False)
+    _write(variant.torch_lock_path, torch_header, torch_part)
     _write(
         variant.torch_constraints_path,
         ["# What PyPI's CUDA build of that torch pulls in; a CPU build installs none of them."],
         cuda_part,
-        hashes=False,
     )
     return [variant.lock_path, variant.torch_lock_path, variant.torch_constraints_path]
 
@@ -300,7 +356,7 @@ def _comments(path: Path) -> list[str]:
     return lines
 
 
-def _write(path: Path, header: list[str], pinned: list[Pinned], hashes: bool = True) -> None:
+def _write(path: Path, header: list[str], pinned: list[Pinned]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = [p.line(hashes) for p in sorted(pinned, key=lambda p: p.name)]
+    body = [p.line() for p in sorted(pinned, key=lambda p: p.name)]
     path.write_text("\n".join([*header, *body]) + "\n")
