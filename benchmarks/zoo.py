@@ -1,7 +1,7 @@
 """The zoo: timm's families (benchmarks/sweep.py's) x the formats that run in their own images.
 
     python benchmarks/zoo.py [--models a,b] [--backends saved-model,tfjs] [--size 128]
-                             [--jobs 1] [--out benchmarks/results/zoo.md]
+                             [--jobs 1] [--out benchmarks/results/zoo.md] [--resume]
 
 One `timmx build` (the library's run_build, as the CLI runs it): every model's checkpoint (random
 weights with re-randomised norm statistics, as the sweep's) x every backend, each job isolated
@@ -11,11 +11,15 @@ to the output's scale from the report), refused (timmx's one-line refusal, which
 backends that work instead), export-fail (the converter failed), verify-fail (the artifact's
 outputs are off) or crash (anything else). Defaults per backend, except rknn's required
 `--target-platform` (rk3588, fp16, the toolkit's simulator on x86).
+
+The table is rewritten after every job, and its cells kept beside it (zoo.json): a zoo cut off
+goes on with `--resume`, which runs only the models with a backend still missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -42,19 +46,43 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="input height and width")
     parser.add_argument("--jobs", type=int, default=1, help="jobs at once")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/zoo.md"))
+    parser.add_argument("--resume", action="store_true", help="keep the cells of an earlier run")
     args = parser.parse_args()
     models = [m for m in args.models.split(",") if m]
     backends = [b for b in args.backends.split(",") if b]
+    kept = args.out.with_suffix(".json")
+    cells, minutes = load_cells(kept) if args.resume else ({}, 0.0)
+    todo = [m for m in models if any((m, b) not in cells for b in backends)]
     started = time.perf_counter()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="timmx-zoo-") as scratch:
         root = Path(scratch)
         shapes = {model: make_checkpoint(model, args.size, root) for model in models}
-        (root / "timmx.toml").write_text(build_file(shapes, backends))
-        cells = run(root / "timmx.toml")
-    minutes = (time.perf_counter() - started) / 60
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(shapes, backends, cells, args.size, minutes))
+
+        def write() -> None:
+            took = minutes + (time.perf_counter() - started) / 60
+            save_cells(kept, cells, took)
+            args.out.write_text(render(shapes, backends, cells, args.size, took))
+
+        if todo:
+            todo_shapes = {model: shapes[model] for model in todo}
+            (root / "timmx.toml").write_text(build_file(todo_shapes, backends))
+            run(root / "timmx.toml", args.jobs, cells, write)
+        write()
     print(f"wrote {args.out}")
+
+
+def load_cells(path: Path) -> tuple[dict[tuple[str, str], dict[str, Any]], float]:
+    if not path.is_file():
+        return {}, 0.0
+    kept = json.loads(path.read_text())
+    cells = {(c.pop("model"), c.pop("backend")): c for c in kept["cells"]}
+    return cells, kept["minutes"]
+
+
+def save_cells(path: Path, cells: dict[tuple[str, str], dict[str, Any]], minutes: float) -> None:
+    rows = [{"model": m, "backend": b, **cell} for (m, b), cell in cells.items()]
+    path.write_text(json.dumps({"minutes": minutes, "cells": rows}, indent=1) + "\n")
 
 
 def make_checkpoint(model: str, size: int, root: Path) -> tuple[int, int, int]:
@@ -87,12 +115,12 @@ def build_file(shapes: dict[str, tuple[int, int, int]], backends: list[str]) -> 
     return "\n".join(lines)
 
 
-def run(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
+def run(path: Path, jobs: int, cells: dict[tuple[str, str], dict[str, Any]], write) -> None:
+    """Run the build file's jobs, filling `cells` and calling `write` after each."""
     from timmx.build.run import load_build, run_build
     from timmx.errors import ExportFailedError, TimmxError, VerificationError
 
     build = load_build(path)
-    cells: dict[tuple[str, str], dict[str, Any]] = {}
 
     def done(outcome) -> None:
         planned = outcome.planned
@@ -116,9 +144,9 @@ def run(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
         model = planned.job.model.name
         cells[(model, planned.job.backend)] = cell
         print(f"{model} / {planned.job.backend}: {cell['status']} ({outcome.seconds:.0f} s)")
+        write()
 
-    run_build(build, 1, True, lambda planned: None, lambda planned, message: None, done)
-    return cells
+    run_build(build, jobs, True, lambda planned: None, lambda planned, message: None, done)
 
 
 def render(shapes, backends, cells, size: int, minutes: float) -> str:

@@ -103,20 +103,15 @@ CASES: dict[str, dict[str, Case]] = {
     },
     "rknn": {
         "fp16": Case(("--target-platform", "rk3588", "--mode", "fp16"), "fp16", isolated=True),
-        "int8": Case(
-            ("--target-platform", "rk3588", "--mode", "int8"), "int8", "tensor", isolated=True
-        ),
     },
     "saved-model": {
         "fp32": Case(),
         "nhwc-input": Case(("--nhwc-input",)),
     },
     "tfjs": {
-        "fp32": Case(isolated=True),
-        "float16": Case(("--quantize", "float16"), "fp16", isolated=True),
         # uint8 weights (affine per tensor), expanded to float32 at load: int8-like
         "uint8": Case(("--quantize", "uint8"), "int8", isolated=True),
-        "nhwc-input": Case(("--nhwc-input",), isolated=True),
+        "nhwc-input": Case(("--nhwc-input",), isolated=True),  # and float32 weights
     },
     "torchscript": {
         "trace": Case(("--method", "trace")),
@@ -132,6 +127,11 @@ NOT_RUN = {
     ("executorch", "compute_precision", "float16"): "only with --delegate coreml (Apple only)",
     ("executorch", "compute_precision", "float32"): "only with --delegate coreml (Apple only)",
     ("executorch", "delegate", "mlx"): "runs only on macOS; its refusal is in test_readme_command",
+    # Each run in its image takes a minute or more on 2 cores; the backend's own test runs it:
+    ("rknn", "mode", "int8"): "test_isolated_rknn.py calibrates it on images and checks held-out "
+    "samples, top-1 included",
+    ("tfjs", "quantize", "float16"): "test_isolated_tfjs.py runs it in Node.js against timm and "
+    "checks that the shards halve",
 }
 # Options whose values are modes or precisions: each value needs a case (or a NOT_RUN entry).
 MODE_FIELDS = ("mode", "delegate", "compute_precision", "convert_to", "method", "quantize")

@@ -302,12 +302,33 @@ def installed(name: str) -> bool:
     return not get_backend(name).missing_packages()
 
 
+# ExecuTorch cells whose export in its image another isolated test already makes: each image run
+# takes about 40 s on 2 cores. They are parsed and checked through the CLI's own path here
+# (test_every_executorch_readme_cell_parses); where their export runs is named beside them.
+EXECUTORCH_RUN_ELSEWHERE = {
+    "export executorch resnet18 --pretrained --output ./artifacts/resnet18.pte":
+        "test_conformance.py's executorch-xnnpack-fp32",
+    "export executorch resnet18 --pretrained --delegate coreml "
+    "--output ./artifacts/resnet18_coreml.pte":
+        "test_isolated_executorch_ncnn.py's coreml delegate test",
+    "export executorch resnet18 --pretrained --delegate coreml --compute-precision float32 "
+    "--output ./artifacts/resnet18_coreml_fp32.pte": "the coreml --mode int8 cell",
+    "export executorch resnet18 --pretrained --mode int8 --calibration-data ./my-images/ "
+    "--output ./artifacts/resnet18_int8.pte": "the same cell with --mean/--std",
+    "export executorch resnet18 --pretrained --dynamic-batch --batch-size 2 "
+    "--output ./artifacts/resnet18_dynamic.pte": "the same cell with --batch-upper-bound",
+}  # fmt: skip
+
+
 def _cell_param(cell: tuple[str, str, bool]):
     """ExecuTorch links its own torch, so its cells run in its image (`--isolated`) where this
     venv lacks it: they need Docker, as every isolated test does."""
     backend = shlex.split(cell[1])[1]
     marks = [pytest.mark.isolated] if backend == "executorch" else []
     return pytest.param(cell, id=_id(cell), marks=marks)
+
+
+EXECUTORCH_CELLS = [c for c in README if shlex.split(c[1])[1] == "executorch"]
 
 
 @pytest.fixture(scope="session")
@@ -337,7 +358,9 @@ def _id(cell: tuple[str, str, bool]) -> str:
     return f"{args[1]}-{Path(out).name}-{'+'.join(cell[0].split())}"
 
 
-@pytest.mark.parametrize("cell", [_cell_param(c) for c in README])
+@pytest.mark.parametrize(
+    "cell", [_cell_param(c) for c in README if c[1] not in EXECUTORCH_RUN_ELSEWHERE]
+)
 def test_readme_command(cli, upstream_dir, request, cell):
     _, command, checked = cell
     args = rewrite(command)
@@ -737,6 +760,30 @@ def test_executorch_upstream_flags_parse(upstream_dir, flags, options):
     backend.check(job, backend.parse_options(job.options))
     for key, value in options.items():
         assert job.options[key] == value
+
+
+def test_the_executorch_cells_run_elsewhere_are_readme_cells():
+    assert set(EXECUTORCH_RUN_ELSEWHERE) <= {cell[1] for cell in EXECUTORCH_CELLS}
+
+
+@pytest.mark.parametrize("cell", [pytest.param(c, id=_id(c)) for c in EXECUTORCH_CELLS])
+def test_every_executorch_readme_cell_parses(upstream_dir, cell):
+    """Each ExecuTorch command of upstream's README, as run here, becomes a job that the backend
+    accepts (its options parsed and checked) without Docker; the image runs them elsewhere."""
+    from typer.main import get_command
+
+    from timmx.api import job_and_runner
+    from timmx.backends import get_backend
+    from timmx.cli.app import app
+
+    args = rewrite(cell[1])
+    command = get_command(app).commands["export"].get_command(None, "executorch")
+    ctx = command.make_context("executorch", args[2:])
+    values = {k: v for k, v in ctx.params.items() if k not in ("model_name", "json_out")}
+    backend = get_backend("executorch")
+    job, _ = job_and_runner(backend, args[2], values, verbose=False)  # the CLI's own path
+    backend.check(job, backend.parse_options(job.options))
+    assert Path(job.output).name == artifact_of(args).name
 
 
 @pytest.mark.parametrize(

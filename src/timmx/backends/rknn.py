@@ -121,7 +121,10 @@ class RknnBackend(CalibratingBackend):
                 step = str(failed)
         if rknn is None:
             ctx.artifact.unlink(missing_ok=True)
-            raise ExportFailedError(f"rknn-toolkit2 cannot take {ctx.job.model.name}: {step}")
+            raise ExportFailedError(
+                f"rknn-toolkit2 cannot take {ctx.job.model.name}: {step}; export it with another "
+                "backend (onnx, litert)"
+            )
         for stale in _SESSIONS.values():  # an export is verified before the next one starts:
             stale.release()  # a warm worker keeps only the latest session
         _SESSIONS.clear()

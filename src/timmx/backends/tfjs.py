@@ -136,7 +136,8 @@ class TfjsBackend(Backend):
             shutil.rmtree(ctx.artifact, ignore_errors=True)
             raise ExportFailedError(
                 f"tensorflowjs's converter cannot take {ctx.job.model.name}: "
-                f"{_reason(run.stdout + run.stderr)}"
+                f"{_reason(run.stdout + run.stderr)}; export it with another backend "
+                "(onnx, litert)"
             )
         return [ctx.artifact]
 
