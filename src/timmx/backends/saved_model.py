@@ -238,6 +238,10 @@ def _convert_main() -> None:
     def serve(input: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"output": model(input)}
 
+    signature = serve.get_concrete_function()
     module = tf.Module()
     module.model = model
-    tf.saved_model.save(module, request["folder"], signatures={SIGNATURE: serve})
+    # onnx2tf makes some weights outside any layer (ConvNeXt's and RegNetY's depthwise kernels):
+    # Keras does not track them, and a SavedModel saves only tracked variables.
+    module.weights = list(signature.variables)
+    tf.saved_model.save(module, request["folder"], signatures={SIGNATURE: signature})
