@@ -52,6 +52,9 @@ _CONVERT = (
     "    saved_model_tags='serve', quantization_dtype_map=json.loads(sys.argv[3]) or None)\n"
 )
 _QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+# The converter's graph optimisation, with oneDNN on, fuses layer norms into _MklLayerNorm, an op
+# TF.js has no kernel for (a ViT's conversion fails on it); oneDNN speeds up nothing here.
+_CONVERTER_ENV = {**_QUIET, "TF_ENABLE_ONEDNN_OPTS": "0"}
 
 
 class TfjsOptions(BackendOptions):
@@ -130,7 +133,11 @@ class TfjsBackend(Backend):
             json.dumps(dtypes),
         ]
         run = subprocess.run(
-            command, capture_output=True, text=True, cwd=scratch, env={**os.environ, **_QUIET}
+            command,
+            capture_output=True,
+            text=True,
+            cwd=scratch,
+            env={**os.environ, **_CONVERTER_ENV},
         )
         if run.returncode != 0 or not (ctx.artifact / MODEL_JSON).is_file():
             shutil.rmtree(ctx.artifact, ignore_errors=True)
