@@ -13,7 +13,8 @@ outputs are off) or crash (anything else). Defaults per backend, except rknn's r
 `--target-platform` (rk3588, fp16, the toolkit's simulator on x86).
 
 The table is rewritten after every job, and its cells kept beside it (zoo.json): a zoo cut off
-goes on with `--resume`, which runs only the models with a backend still missing.
+goes on with `--resume`, which runs only the models with a backend still missing (delete cells
+from zoo.json to run them again; `--backends` then names the columns to run, the rest are kept).
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ def main() -> None:
         def write() -> None:
             took = minutes + (time.perf_counter() - started) / 60
             save_cells(kept, cells, took)
-            args.out.write_text(render(shapes, backends, cells, args.size, took))
+            # a resumed run of some backends keeps the others' columns
+            shown = [b for b in BACKENDS if b in backends or any(k[1] == b for k in cells)]
+            args.out.write_text(render(shapes, shown, cells, args.size, took))
 
         if todo:
             todo_shapes = {model: shapes[model] for model in todo}
