@@ -111,3 +111,19 @@ def test_tfjs_in_node_matches_timm(cli, workdir, make_checkpoint, tfjs_image, no
         actual = run_tfjs(artifact, x.numpy())
         assert_matches(actual, expected, rel=1e-4 if quantize == "none" else 2e-2)
     assert 0.45 * sizes["none"] < sizes["float16"] < 0.55 * sizes["none"]
+
+
+def test_depthwise_convolutions_run_in_node(
+    cli, workdir, make_checkpoint, tfjs_image, no_leftovers
+):
+    """ConvNeXt's depthwise convolutions: TF.js's conv2d takes no groups, so onnx2tf writes them
+    as convolutions TF.js runs (they once failed in Node: 'depth of input (40) must match')."""
+    ckpt = make_checkpoint("convnext_atto", num_classes=10)
+    result = cli(
+        "export", "tfjs", "convnext_atto", "-c", ckpt, "--num-classes", 10,
+        "--input-size", 3, 32, 32, "-o", "c_web_model", "--isolated",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    expected = reference_model("convnext_atto", ckpt, num_classes=10)(x).detach().numpy()
+    assert_matches(run_tfjs(workdir / "c_web_model", x.numpy()), expected)

@@ -89,6 +89,13 @@ class SavedModelBackend(Backend):
         )
 
     def export(self, ctx: ExportContext, options: SavedModelOptions) -> list[Path]:
+        return self.write(ctx, options, split_groups=False)
+
+    def write(
+        self, ctx: ExportContext, options: SavedModelOptions, split_groups: bool
+    ) -> list[Path]:
+        """The export; `split_groups` has onnx2tf write grouped and depthwise convolutions as
+        ones TF.js runs (its conv2d takes no groups), which TensorFlow itself does not need."""
         from timmx.backends.onnx import OnnxOptions
 
         scratch = ctx.artifact.parent / "saved-model-onnx"  # private staging, removed afterwards
@@ -102,6 +109,7 @@ class SavedModelBackend(Backend):
             "folder": str(ctx.artifact),
             "nhwc": options.nhwc_input,
             "channels": int(ctx.example_input.shape[1]),
+            "split_groups": split_groups,
         }
         run = subprocess.run(
             [sys.executable, "-c", _CHILD, json.dumps(request)],
@@ -215,6 +223,7 @@ def _convert_main() -> None:
             keep_ncw_or_nchw_or_ncdhw_input_names=None if request["nhwc"] else ["input"],
             not_use_onnxsim=True,  # the onnx backend's export is slimmed already
             disable_strict_mode=not strict,
+            disable_group_convolution=request["split_groups"],
             disable_model_save=True,
             non_verbose=True,
         )

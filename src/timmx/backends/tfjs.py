@@ -120,8 +120,12 @@ class TfjsBackend(Backend):
         scratch = ctx.artifact.parent / "tfjs-saved-model"  # staging is private, removed after
         scratch.mkdir()
         saved = scratch / "model.saved_model"
-        get_backend("saved-model").export(
-            replace(ctx, artifact=saved), SavedModelOptions(nhwc_input=options.nhwc_input)
+        saved_model = get_backend("saved-model")
+        assert isinstance(saved_model, SavedModelBackend)
+        saved_model.write(
+            replace(ctx, artifact=saved),
+            SavedModelOptions(nhwc_input=options.nhwc_input),
+            split_groups=True,
         )
         dtypes = {} if options.quantize == "none" else {options.quantize: True}
         command = [
