@@ -52,6 +52,7 @@ _CONVERT = (
     "    saved_model_tags='serve', quantization_dtype_map=json.loads(sys.argv[3]) or None)\n"
 )
 _QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+_WORKING = ("onnx", "litert")  # what a model TF.js cannot take exports with instead
 # The converter's graph optimisation, with oneDNN on, fuses layer norms into _MklLayerNorm, an op
 # TF.js has no kernel for (a ViT's conversion fails on it); oneDNN speeds up nothing here.
 _CONVERTER_ENV = {**_QUIET, "TF_ENABLE_ONEDNN_OPTS": "0"}
@@ -148,7 +149,7 @@ class TfjsBackend(Backend):
             raise ExportFailedError(
                 f"tensorflowjs's converter cannot take {ctx.job.model.name}: "
                 f"{_reason(run.stdout + run.stderr)}; export it with another backend "
-                "(onnx, litert)"
+                f"({', '.join(_WORKING)})"
             )
         return [ctx.artifact]
 
@@ -216,7 +217,7 @@ def _node(command: list[str], doing: str) -> dict[str, Any]:
             # e.g. MobileNetV3's hardswish, which the converter fuses into its convolutions
             reason += (
                 ": TF.js's CPU backend, which verifies here, lacks that op; export the model "
-                "with another backend (onnx, litert)"
+                f"with another backend ({', '.join(_WORKING)})"
             )
         raise ExportFailedError(f"TF.js in Node.js failed to {doing}: {reason}")
     return json.loads(lines[-1])
