@@ -4,6 +4,7 @@ refusals (in-process, missing or stale lock, a pin outside its backend's range) 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -157,6 +158,33 @@ def test_export_toolchain_is_checked_before_anything_runs(cli, workdir):
     ncnn = ("export", "ncnn", "resnet18", "--input-size", 3, 32, 32)
     assert_refused(cli(*ncnn, "--toolchain", "ort-prod"), "varies the onnx toolchain")
     assert not (workdir / "resnet18.onnx").exists()
+
+
+def test_a_ray_task_brings_its_variant_and_the_node_checks_the_image(workdir):
+    """A Ray node has no build file: the job brings its variant (pins and locks, as JSON), and
+    the node, knowing it for the task alone, names the image the host would; a lock that differs
+    on the way is refused before anything runs."""
+    from timmx.build.cache import variant_identity
+    from timmx.build.ray_runner import run_job
+    from timmx.runners.remote import pack, read_input
+    from timmx.runners.spec import DockerSpec
+    from timmx.toolchains import registered, ship_variant, shipped_variant
+
+    planned = plan(project(workdir, lock="1.22.1"))["resnet18/onnx-prod"].planned
+    here = variant_identity(planned)
+    shipped = json.loads(json.dumps(ship_variant(registered("ort-prod"))))  # across the wire
+    forget_variants()  # the node's side
+    with shipped_variant(shipped):
+        known = registered("ort-prod")
+        assert known is not None and known.root != workdir and variant_identity(planned) == here
+    assert registered("ort-prod") is None and not known.root.exists()
+
+    shipped["locks"]["ort-prod.lock"] += "coloredlogs==15.0.1\n"
+    shipment = pack(planned.job, DockerSpec(toolchain="ort-prod"), here, shipped)
+    answer = run_job(shipment.spec, *(read_input(workdir / p) for p in shipment.inputs))
+    assert answer["error"]["kind"] == "invalid_input"
+    assert "another ort-prod toolchain than this host" in answer["error"]["message"]
+    assert registered("ort-prod") is None
 
 
 def test_version_ranges():

@@ -16,8 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -134,6 +139,40 @@ def registered_variants() -> list[Variant]:
 
 def forget_variants() -> None:
     _VARIANTS.clear()
+
+
+def ship_variant(variant: Variant) -> dict[str, Any]:
+    """What a Ray node needs to run a job in `variant`: its definition and its locks' text."""
+    return {
+        "name": variant.name,
+        "from": variant.base,
+        "pins": dict(variant.pins),
+        "locks": {path.name: path.read_text() for path in variant.lock_files().values()},
+    }
+
+
+@contextmanager
+def shipped_variant(shipped: dict[str, Any] | None) -> Iterator[None]:
+    """On a Ray node: the host's variant (ship_variant) made known for one task, its locks in a
+    folder of its own, removed afterwards; the node's own variants, if any, are back after."""
+    if shipped is None:
+        yield
+        return
+    saved = dict(_VARIANTS)
+    root = Path(tempfile.mkdtemp(prefix="timmx-toolchain-"))
+    try:
+        (root / LOCKS_DIR).mkdir()
+        for name, text in shipped["locks"].items():
+            if Path(name).name != name:
+                raise InvalidInputError(f"a shipped lock's name {name!r} is not a file name")
+            (root / LOCKS_DIR / name).write_text(text)
+        entry = ToolchainEntry.model_validate({"from": shipped["from"], "pins": shipped["pins"]})
+        define_variants({shipped["name"]: entry}, root)
+        yield
+    finally:
+        _VARIANTS.clear()
+        _VARIANTS.update(saved)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def load_variants(path: Path | None = None, required: bool = False) -> dict[str, Variant]:

@@ -120,6 +120,21 @@ def test_onnx_in_the_pinned_onnxruntime_beside_the_builtin(
     (folder["onnx-prod"] / "x.npy").unlink()
 
     assert cli("build", "--check").code == 0
+    # On a Ray cluster (one node, on this machine) the job brings the variant's locks: the node
+    # exports and verifies in the same image.
+    from tests.test_build_ray import cluster
+
+    (folder["onnx-prod"] / "resnet18.onnx").unlink()
+    with cluster(monkeypatch, head_cpus=1, workers=0) as (nodes, _):
+        on_ray = cli("build", "--ray", nodes.address)
+    assert on_ray.code == 0, on_ray.err
+    assert on_ray.out.count("cached") == 1, on_ray.out  # the built-in onnx job's
+    rerun = json.loads((workdir / "dist/timmx-build.json").read_text())["jobs"]
+    assert rerun["resnet18/onnx-prod"]["image_id"] == prod["image_id"]
+    assert rerun["resnet18/onnx-prod"]["verification"] == "passed"
+    report = json.loads((folder["onnx-prod"] / "resnet18.onnx.json").read_text())
+    assert report["environment"]["packages"]["onnxruntime"] == ORT
+
     # --locked runs a variant's job again in exactly the image the manifest recorded
     (folder["onnx-prod"] / "resnet18.onnx").unlink()
     again = cli("build", "--locked")

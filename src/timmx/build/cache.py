@@ -66,10 +66,15 @@ def variant_identity(planned: PlannedJob) -> str | None:
 
     if not planned.toolchain or planned.toolchain == get_backend(planned.job.backend).toolchain:
         return None
+    return variant_image_identity(planned.toolchain)
+
+
+def variant_image_identity(toolchain: str) -> str:
+    """The image tag of the variant `toolchain` (registered, its lock checked)."""
     from timmx.images.recipes import get_recipe
     from timmx.toolchains import lock_sha256
 
-    return _variant_tag(planned.toolchain, lock_sha256(get_recipe(planned.toolchain).lock_files))
+    return _variant_tag(toolchain, lock_sha256(get_recipe(toolchain).lock_files))
 
 
 @cache

@@ -8,7 +8,8 @@ artifact's files with the result; the host accepts them as it accepts a containe
 publishes them: nothing half-written when a task fails. A task declares 1 CPU and its memory
 (`timmx.build.ray_resources`); one whose node or worker dies is run again elsewhere
 (`max_retries`); one past its time limit is stopped. The node needs timmx (same version and
-toolchain, checked) and nothing of the host's filesystem.
+toolchain, checked) and nothing of the host's filesystem: a toolchain variant's job brings the
+variant's locks, from which the node builds its image when missing.
 """
 
 from __future__ import annotations
@@ -162,22 +163,30 @@ class _RayBuild:
         return outcomes
 
     def _submit(self, planned: PlannedJob):
-        from timmx.build.cache import toolchain_identity
+        from timmx.build.cache import toolchain_identity, variant_identity
         from timmx.runners.base import check_job
         from timmx.runners.container_job import check_input_files
         from timmx.runners.spec import DockerSpec, LocalSpec
+        from timmx.toolchains import registered, ship_variant
 
         job = planned.job
         check_job(job, self.workspace)  # options and output, here, as a local run does
         check_input_files(job, self.workspace)
         memory = task_memory(planned)
         check_fits(self.largest, planned, memory)
+        variant = registered(planned.toolchain)  # None: the backend's own toolchain
         runner = (
-            DockerSpec(memory=planned.memory, timeout_s=planned.timeout_s, build=planned.build)
+            DockerSpec(
+                memory=planned.memory,
+                timeout_s=planned.timeout_s,
+                build=planned.build,
+                toolchain=variant and variant.name,
+            )
             if planned.isolated
             else LocalSpec(write_report=False)  # the host writes the report
         )
-        shipment = pack(job, runner, toolchain_identity(job.backend, planned.isolated))
+        identity = variant_identity(planned) or toolchain_identity(job.backend, planned.isolated)
+        shipment = pack(job, runner, identity, variant and ship_variant(variant))
         payloads = [self._put(path) for path in shipment.inputs]
         return self.task.options(
             name=f"timmx {planned.id}",

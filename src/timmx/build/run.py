@@ -102,7 +102,6 @@ def run_build(
         on_done(outcome)
 
     todo = [job.planned for job in build.jobs if job.status != "fresh"]
-    _check_ray_toolchains(todo, ray_address)
     save_manifest(manifest, build.output)
     executor = Executor(
         build.root,
@@ -116,18 +115,6 @@ def run_build(
         return executor.run(todo, on_start, on_progress, done)
     finally:
         digests.close()
-
-
-def _check_ray_toolchains(todo: list[PlannedJob], ray_address: str | None) -> None:
-    """A Ray node exports in its backend's own image: a toolchain variant's job is refused."""
-    from timmx.toolchains import registered
-
-    variants = sorted({p.toolchain for p in todo if registered(p.toolchain) is not None})
-    if ray_address is not None and variants:
-        raise InvalidInputError(
-            f"toolchain variants ({', '.join(variants)}) do not run on Ray yet: build their "
-            "targets without --ray"
-        )
 
 
 def locked_pins(build: Build) -> dict[str, Pin]:

@@ -34,10 +34,13 @@ class Shipment:
     inputs: list[str]  # the inputs' host paths (workspace-relative), in the order they are sent
 
 
-def pack(job: ExportJob, runner: RunnerSpec, toolchain: str) -> Shipment:
+def pack(
+    job: ExportJob, runner: RunnerSpec, toolchain: str, variant: dict[str, Any] | None = None
+) -> Shipment:
     """What the node needs for `job`, run by `runner` there (a one-job runner: this host's
     process or container choice, as data): the job with its node paths, where each input goes,
-    the host's timmx and `toolchain`."""
+    the host's timmx and `toolchain` (its identity), and the toolchain variant the job runs in
+    (timmx.toolchains.ship_variant), if any."""
     from timmx import __version__
 
     files = job.input_files()
@@ -53,6 +56,7 @@ def pack(job: ExportJob, runner: RunnerSpec, toolchain: str) -> Shipment:
         "timmx": __version__,
         "toolchain": toolchain,
         "runner": runner.model_dump(mode="json"),
+        "variant": variant,
     }
     return Shipment(spec, list(moved))
 
@@ -73,14 +77,17 @@ def run_shipped(spec: dict[str, Any], payloads: list[Payload], node: str) -> dic
     """On the node: export the job in a fresh workspace; answer with the artifact's files
     (path relative to the artifact's folder -> bytes) and the result as JSON, or
     `{"error": {kind, message}}` for a job that cannot be done."""
+    from timmx.toolchains import shipped_variant
+
     workspace = Path(tempfile.mkdtemp(prefix="timmx-ray-"))
     try:
         try:
-            _check_same_toolchain(spec, node)
-            for relative, payload in zip(spec["inputs"], payloads, strict=True):
-                _write_input(workspace / relative, payload)
-            job = ExportJob.model_validate(spec["job"])
-            result = _runner(spec).run(job, workspace)
+            with shipped_variant(spec.get("variant")):
+                _check_same_toolchain(spec, node)
+                for relative, payload in zip(spec["inputs"], payloads, strict=True):
+                    _write_input(workspace / relative, payload)
+                job = ExportJob.model_validate(spec["job"])
+                result = _runner(spec).run(job, workspace)
         except TimmxError as exc:
             error = {"kind": exc.kind, "message": exc.message}
             return {"error": error, "workspace": str(workspace)}
@@ -143,7 +150,7 @@ def _runner(spec: dict[str, Any]) -> Runner:
 def _check_same_toolchain(spec: dict[str, Any], node: str) -> None:
     """The job's cache key holds the host's toolchain: the node must export with the same."""
     from timmx import __version__
-    from timmx.build.cache import toolchain_identity
+    from timmx.build.cache import toolchain_identity, variant_image_identity
 
     backend = spec["job"]["backend"]
     if __version__ != spec["timmx"]:
@@ -151,10 +158,14 @@ def _check_same_toolchain(spec: dict[str, Any], node: str) -> None:
             f"the Ray node {node} has timmx {__version__}, this host {spec['timmx']}: install "
             "the same timmx on every node"
         )
-    there = toolchain_identity(backend, spec["runner"]["kind"] == "docker")
+    variant = (spec.get("variant") or {}).get("name")
+    if variant is not None:  # its image follows its lock, which came with the job
+        there = variant_image_identity(variant)
+    else:
+        there = toolchain_identity(backend, spec["runner"]["kind"] == "docker")
     if there != spec["toolchain"]:
         raise InvalidInputError(
-            f"the Ray node {node} has another {backend} toolchain than this host "
+            f"the Ray node {node} has another {variant or backend} toolchain than this host "
             f"({_difference(spec['toolchain'], there)}): install the same versions on every node"
         )
 
