@@ -177,7 +177,8 @@ def test_a_ray_task_brings_its_variant_and_the_node_checks_the_image(workdir):
     with shipped_variant(shipped):
         known = registered("ort-prod")
         assert known is not None and known.root != workdir and variant_identity(planned) == here
-    assert registered("ort-prod") is None and not known.root.exists()
+    assert registered("ort-prod") is None and not known.root.exists()  # its own folder only
+    assert (workdir / "timmx-locks/ort-prod.lock").is_file()  # the user's lock stays
 
     shipped["locks"]["ort-prod.lock"] += "coloredlogs==15.0.1\n"
     shipment = pack(planned.job, DockerSpec(toolchain="ort-prod"), here, shipped)
